@@ -1,0 +1,166 @@
+"""The ``pyro-implicit`` command line: ``demo``, ``train``, ``evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pyro_implicit.models import model_help
+from pyro_implicit.priors import PRIORS
+from pyro_implicit.strategies import STRATEGIES
+
+from .config import TrainConfig
+from .data import DATA_CHOICES
+from .evaluate import evaluate, evaluate_run, format_table, parse_samples
+from .methods import METHODS
+from .train import fit
+
+DEFAULTS = TrainConfig()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _bn_batches(text: str) -> int | None:
+    return None if text in ("all", "full") else _positive_int(text)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULTS.model, help=f"network: {model_help()}")
+    p.add_argument("--method", default=DEFAULTS.method, help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--strategy", default=DEFAULTS.strategy,
+                   help=f"z sharing for hypernet: {', '.join(STRATEGIES)}")
+    p.add_argument("--prior", default=DEFAULTS.prior, help=f"p(z): {', '.join(PRIORS)}")
+    p.add_argument("--z-dim", type=_positive_int, default=DEFAULTS.z_dim)
+    p.add_argument("--h-dim", type=_positive_int, default=DEFAULTS.h_dim)
+    p.add_argument("--drop-rate", type=float, default=DEFAULTS.drop_rate,
+                   help="dropout inside WideResNet blocks")
+    p.add_argument("--data", default=DEFAULTS.data, help=f"dataset: {DATA_CHOICES}")
+    p.add_argument("--data-root", default=None, help="where torchvision datasets live")
+    p.add_argument("--download", action="store_true", help="download torchvision datasets")
+    p.add_argument("--train-subset", type=_positive_int, default=None, metavar="K",
+                   help="class-balanced subset: the first K/C training items of each class")
+    p.add_argument("--epochs", type=_positive_int, default=DEFAULTS.epochs)
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size)
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay,
+                   help="Gaussian prior on theta and non-generated parameters (0 = MLE)")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                   help="fixes initialisation, data order, augmentation and z draws")
+    p.add_argument("--device", default=DEFAULTS.device)
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        model=args.model, method=args.method, strategy=args.strategy, prior=args.prior,
+        z_dim=args.z_dim, h_dim=args.h_dim, drop_rate=args.drop_rate, data=args.data,
+        data_root=args.data_root, download=args.download, train_subset=args.train_subset,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, device=args.device,
+    ).validate()
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    if args.resume:
+        fit(None, Path(args.resume), resume=True)
+        print(f"run resumed and finished: {args.resume}")
+        return
+    if args.out is None:
+        raise ValueError("train needs --out RUN (a new run folder) or --resume RUN")
+    fit(_config(args), Path(args.out))
+    print(f"run finished: {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    result = evaluate_run(Path(args.run), args.samples, args.data, args.bn_batches,
+                          seed=args.seed)
+    print(format_table({f"x{n}": m for n, m in result["samples"].items()}))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pyro-implicit-demo-"))
+    rows, seconds = {}, {}
+    for method in ("map", "hypernet"):
+        config = TrainConfig(model=args.model, method=method, data="digits",
+                             epochs=args.epochs, seed=args.seed).validate()
+        t0 = time.perf_counter()
+        print(f"training {method} ({config.model}, {config.epochs} epochs on digits) ...")
+        run = fit(config, out / method, progress=None)
+        seconds[method] = time.perf_counter() - t0
+        result = evaluate(run, samples=(1, 16), seed=args.seed)
+        if method == "map":
+            rows["MAP"] = result["samples"]["1"]
+        else:
+            rows["hypernet x1"] = result["samples"]["1"]
+            rows["hypernet x16"] = result["samples"]["16"]
+    print()
+    print(f"digits test set ({len(run.data.test_y)} images), {args.model}, {args.epochs} epochs:")
+    print(format_table(rows))
+    print(f"training time: map {seconds['map']:.0f}s, hypernet {seconds['hypernet']:.0f}s; "
+          f"runs in {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-implicit",
+        description="Hypernetwork (implicit) posteriors for ResNet-family CNNs in Pyro.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train map and hypernet on digits and compare them")
+    demo.add_argument("--model", default="wrn-16-2")
+    demo.add_argument("--epochs", type=_positive_int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default=None, help="folder for the two runs (default: a temp dir)")
+    demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train a run into a run folder")
+    _add_train_args(train)
+    train.add_argument("--out", default=None, help="new run folder")
+    train.add_argument("--resume", default=None, metavar="RUN", help="continue this run folder")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="N-sample averaged error, NLL, ECE, Brier of a run")
+    ev.add_argument("run", help="run folder")
+    ev.add_argument("--samples", type=parse_samples, default=[1, 2, 4, 8, 16],
+                    help="comma-separated N values (default 1,2,4,8,16)")
+    ev.add_argument("--json", default=None, metavar="FILE", help="write the results here")
+    ev.add_argument("--data", default=None, metavar="SPEC",
+                    help="evaluate on this dataset's test split (same classes)")
+    ev.add_argument("--bn-batches", type=_bn_batches, default=None,
+                    help="training batches for BN recalibration per sample (default: all)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
+        print(f"pyro-implicit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-implicit: interrupted; the last completed epoch is checkpointed "
+              "(continue with train --resume RUN)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Run configuration: every knob of a training run, validated up front, stored as config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyro_implicit.priors import check_prior
+from pyro_implicit.strategies import check_strategy
+
+from .data import check_data_spec
+
+CONFIG_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """A training run. Defaults follow the paper's recipe (WideResNet's CIFAR schedule)."""
+
+    model: str = "wrn-16-2"
+    method: str = "hypernet"
+    strategy: str = "all-in-one"
+    prior: str = "normal"
+    z_dim: int = 16
+    h_dim: int = 16
+    drop_rate: float = 0.0
+    data: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    train_subset: int | None = None
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    milestones: list[float] = field(default_factory=lambda: [0.4, 0.6, 0.8])
+    gamma: float = 0.2
+    seed: int = 0
+    device: str = "cpu"
+    format: int = CONFIG_FORMAT
+
+    def validate(self) -> TrainConfig:
+        """Raise a ValueError naming the first bad value and the valid choices."""
+        from pyro_implicit.models.registry import resolve_model
+
+        from .methods import check_method
+
+        resolve_model(self.model)
+        check_method(self.method)
+        check_strategy(self.strategy)
+        check_prior(self.prior)
+        check_data_spec(self.data)
+        for name in ("epochs", "batch_size", "z_dim", "h_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"train_subset must be positive, got {self.train_subset}")
+        for name in ("lr", "weight_decay", "momentum"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.drop_rate < 1:
+            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ValueError(f"milestones are fractions of the epochs in (0, 1), got {self.milestones}")
+        return self
+
+    def lr_at(self, epoch: int) -> float:
+        """Step schedule: lr times gamma for each milestone (a fraction of epochs) passed."""
+        drops = sum(epoch >= int(m * self.epochs) for m in self.milestones)
+        return self.lr * self.gamma**drops
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read run config {path}: {err}") from err
+        if raw.get("format") != CONFIG_FORMAT:
+            raise ValueError(f"{path} was written by an incompatible version "
+                             f"(format {raw.get('format')}, expected {CONFIG_FORMAT})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise ValueError(f"{path} has unknown keys {sorted(unknown)}")
+        return cls(**raw).validate()

@@ -1,0 +1,13 @@
+"""Primary networks in pure PyTorch, created by name: ``create_model("wrn-16-2", num_classes=10)``."""
+
+from .registry import create_model, list_models, model_help, register_family, register_model
+from .wide_resnet import WideResNet
+
+__all__ = [
+    "WideResNet",
+    "create_model",
+    "list_models",
+    "model_help",
+    "register_family",
+    "register_model",
+]

@@ -1,0 +1,39 @@
+"""pyro-implicit: hypernetwork (implicit) posteriors for ResNet-family CNNs in Pyro.
+
+Ukai, Matsubara & Uehara (2019): a hypernetwork g(z; theta) per residual-block conv layer turns
+z ~ p(z) into kernels, a sample of an implicit posterior q(w); training is cross-entropy with
+one z per mini-batch plus MAP on theta; prediction averages N samples, each with its own
+recalibrated BatchNorm statistics.
+"""
+
+from .batchnorm import recalibrate_bn
+from .guide import ImplicitGuide, PointGuide
+from .hypernet import HyperNetworks
+from .metrics import classification_metrics
+from .model import BayesianNetwork, WeightSite
+from .objective import ImplicitMAP
+from .posterior import FrozenPosterior, eval_mode, freeze_posterior, model_average, predict_probs
+from .priors import PRIORS, z_prior
+from .strategies import STRATEGIES, group_layers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRIORS",
+    "STRATEGIES",
+    "BayesianNetwork",
+    "FrozenPosterior",
+    "HyperNetworks",
+    "ImplicitGuide",
+    "ImplicitMAP",
+    "PointGuide",
+    "WeightSite",
+    "classification_metrics",
+    "eval_mode",
+    "freeze_posterior",
+    "group_layers",
+    "model_average",
+    "predict_probs",
+    "recalibrate_bn",
+    "z_prior",
+]

@@ -1,0 +1,78 @@
+"""Guides that emit the model's weight sites: the implicit (hypernetwork) guide and a point one."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+
+from .hypernet import HyperNetworks
+from .model import BayesianNetwork
+from .priors import check_prior, z_prior
+from .strategies import group_layers
+
+
+class ImplicitGuide(PyroModule):
+    """q(w) implicit: sample z ~ p(z) (site ``z``, one row per z group), emit every weight site
+    of ``model`` as a Delta at its hypernetwork output g(z; theta)."""
+
+    def __init__(
+        self,
+        model: BayesianNetwork,
+        strategy: str = "all-in-one",
+        prior: str = "normal",
+        z_dim: int = 16,
+        h_dim: int = 16,
+    ):
+        super().__init__()
+        if not model.sites:
+            raise ValueError("the model has no generated weight sites to put a hypernetwork on")
+        self.prior = check_prior(prior)
+        self.strategy = strategy
+        self.site_names = [s.name for s in model.sites]
+        self.groups, layer_group = group_layers(model.blocks, strategy)
+        self.register_buffer("layer_group", torch.tensor(layer_group, dtype=torch.long))
+        self.hypernet = HyperNetworks([s.shape for s in model.sites], z_dim, h_dim)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """Shape of the ``z`` site: (number of z groups, z_dim)."""
+        return len(self.groups), self.hypernet.z_dim
+
+    def z_distribution(self) -> dist.Distribution:
+        return z_prior(self.prior, self.latent_shape, self.layer_group.device)
+
+    def sample_latent(self) -> torch.Tensor:
+        """One draw of z from p(z), shape ``latent_shape``."""
+        return self.z_distribution().sample()
+
+    def layer_z(self, z: torch.Tensor) -> torch.Tensor:
+        """The z row each generated layer reads, shape (layers, z_dim)."""
+        return z[self.layer_group]
+
+    def weights(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generated kernels g(z; theta), keyed by site name."""
+        return dict(zip(self.site_names, self.hypernet(self.layer_z(z)), strict=True))
+
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        z = pyro.sample("z", self.z_distribution(), infer={"is_auxiliary": True})
+        weights = self.weights(z)
+        for name, w in weights.items():
+            pyro.sample(name, dist.Delta(w, event_dim=w.dim()))
+        return weights
+
+
+class PointGuide(PyroModule):
+    """The guide of a point estimate (MAP, MLE): nothing latent, every weight a parameter."""
+
+    latent_shape = (0,)
+
+    def sample_latent(self) -> torch.Tensor:
+        return torch.empty(0)
+
+    def weights(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        return {}

@@ -1,0 +1,54 @@
+"""Hypernetworks g_i(z_i; theta_i): one bias-free MLP z_dim -> h_dim (ReLU) -> kernel per layer.
+
+All hidden layers are stored as one (L, h_dim, z_dim) tensor and applied with a single batched
+matmul; all output layers are one (sum of kernel sizes, h_dim) tensor split into per-layer
+views, so the optimiser sees two large tensors instead of 2L small ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class HyperNetworks(nn.Module):
+    """The hypernetworks of every generated layer; ``forward(z)`` takes one z row per layer."""
+
+    def __init__(self, shapes: Sequence[Sequence[int]], z_dim: int = 16, h_dim: int = 16):
+        super().__init__()
+        if z_dim < 1 or h_dim < 1:
+            raise ValueError(f"z_dim and h_dim must be >= 1, got z_dim={z_dim}, h_dim={h_dim}")
+        self.shapes = [torch.Size(s) for s in shapes]
+        self.sizes = [s.numel() for s in self.shapes]
+        self.z_dim, self.h_dim = z_dim, h_dim
+        self.hidden = nn.Parameter(torch.empty(len(self.shapes), h_dim, z_dim))
+        self.output = nn.Parameter(torch.empty(sum(self.sizes), h_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-uniform hidden layers; output layers uniform with 1/10 of He's range (the paper)."""
+        with torch.no_grad():
+            he = math.sqrt(6.0 / self.z_dim)
+            self.hidden.uniform_(-he, he)
+            he_out = math.sqrt(6.0 / self.h_dim) / 10
+            self.output.uniform_(-he_out, he_out)
+
+    def output_weight(self, index: int) -> torch.Tensor:
+        """The (kernel size, h_dim) output matrix of layer ``index`` (a view)."""
+        return self.output.split(self.sizes)[index]
+
+    def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """Map z of shape (L, z_dim) to the L kernels."""
+        if z.shape != (len(self.shapes), self.z_dim):
+            raise ValueError(
+                f"expected z of shape {(len(self.shapes), self.z_dim)}, got {tuple(z.shape)}"
+            )
+        hidden = torch.relu(torch.bmm(self.hidden, z.unsqueeze(-1)).squeeze(-1))  # (L, h_dim)
+        outputs = self.output.split(self.sizes)
+        return [(w @ h).view(shape) for w, h, shape in zip(outputs, hidden, self.shapes, strict=True)]
+
+    def extra_repr(self) -> str:
+        return f"layers={len(self.shapes)}, z_dim={self.z_dim}, h_dim={self.h_dim}"

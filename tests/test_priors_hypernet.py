@@ -1,0 +1,72 @@
+import math
+
+import pytest
+import torch
+
+from pyro_implicit import PRIORS, HyperNetworks, group_layers, z_prior
+
+
+@pytest.mark.parametrize("name, low, high, mean, std", [
+    ("normal", -math.inf, math.inf, 0.0, 1.0),
+    ("uniform", -1.0, 1.0, 0.0, 1 / math.sqrt(3)),
+    ("uniform01", 0.0, 1.0, 0.5, 1 / math.sqrt(12)),
+    ("halfnormal", 0.0, math.inf, math.sqrt(2 / math.pi), math.sqrt(1 - 2 / math.pi)),
+])
+def test_priors_have_the_documented_law(name, low, high, mean, std):
+    d = z_prior(name, (200, 100))
+    assert d.event_shape == (200, 100) and d.batch_shape == ()
+    z = d.sample()
+    assert z.min() >= low and z.max() <= high
+    assert abs(z.mean().item() - mean) < 0.02
+    assert abs(z.std().item() - std) < 0.02
+
+
+def test_unknown_prior_lists_choices():
+    with pytest.raises(ValueError) as err:
+        z_prior("cauchy", (3,))
+    assert "cauchy" in str(err.value)
+    for name in PRIORS:
+        assert name in str(err.value)
+
+
+def test_group_layers():
+    blocks = {"b1": ["b1.c1", "b1.c2"], "b2": ["b2.c1", "b2.c2", "b2.sc"]}
+    assert group_layers(blocks, "all-in-one") == (["all"], [0] * 5)
+    assert group_layers(blocks, "block-wise") == (["b1", "b2"], [0, 0, 1, 1, 1])
+    assert group_layers(blocks, "layer-wise") == (
+        ["b1.c1", "b1.c2", "b2.c1", "b2.c2", "b2.sc"], [0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match="layerwise.*all-in-one, block-wise, layer-wise"):
+        group_layers(blocks, "layerwise")
+
+
+def test_hypernetworks_shapes_init_and_no_bias():
+    shapes = [(4, 3, 3, 3), (8, 4, 1, 1)]
+    hn = HyperNetworks(shapes, z_dim=5, h_dim=7)
+    assert {n: tuple(p.shape) for n, p in hn.named_parameters()} == {
+        "hidden": (2, 7, 5), "output": (4 * 27 + 32, 7)}
+    he_hidden = math.sqrt(6 / 5)
+    he_out = math.sqrt(6 / 7) / 10
+    assert hn.hidden.abs().max() <= he_hidden and hn.hidden.abs().max() > 0.8 * he_hidden
+    assert hn.output.abs().max() <= he_out and hn.output.abs().max() > 0.8 * he_out
+    kernels = hn(torch.randn(2, 5))
+    assert [tuple(k.shape) for k in kernels] == shapes
+    # no biases: z = 0 gives exactly zero kernels
+    assert all(torch.count_nonzero(k) == 0 for k in hn(torch.zeros(2, 5)))
+
+
+def test_hypernetwork_layers_are_independent_mlps():
+    hn = HyperNetworks([(2, 2), (3,)], z_dim=3, h_dim=4)
+    z = torch.randn(2, 3)
+    out = hn(z)
+    for i, k in enumerate(out):
+        ref = hn.output_weight(i) @ torch.relu(hn.hidden[i] @ z[i])
+        assert torch.allclose(k.flatten(), ref)
+    z2 = z.clone()
+    z2[1] += 1  # changing layer 1's z leaves layer 0 alone
+    assert torch.equal(hn(z2)[0], out[0]) and not torch.equal(hn(z2)[1], out[1])
+
+
+def test_hypernetwork_rejects_wrong_z_shape():
+    hn = HyperNetworks([(2, 2)], z_dim=3, h_dim=4)
+    with pytest.raises(ValueError, match=r"\(1, 3\)"):
+        hn(torch.randn(2, 3))
