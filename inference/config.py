@@ -64,7 +64,8 @@ class TrainConfig:
         if not 0 <= self.drop_rate < 1:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
         if any(not 0 < m < 1 for m in self.milestones):
-            raise ValueError(f"milestones are fractions of the epochs in (0, 1), got {self.milestones}")
+            raise ValueError(
+                f"milestones are fractions of the epochs in (0, 1), got {self.milestones}")
         return self
 
     def lr_at(self, epoch: int) -> float:

@@ -149,12 +149,14 @@ def _list_split(root: Path, split: str, classes: list[str] | None) -> dict[str, 
 
 
 def _decode(path: Path) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except Exception as err:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 def _decode_all(files: dict[str, list[Path]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyro.nn import PyroModule
+from pyro_implicit.models import create_model
+from torch import nn
 
 from pyro_implicit import BayesianNetwork, ImplicitGuide, PointGuide
-from pyro_implicit.models import create_model
 
 from .config import TrainConfig
 
@@ -17,7 +18,7 @@ from .config import TrainConfig
 class Method:
     """A posterior approximation: how to build its guide, and its description."""
 
-    build: Callable[[BayesianNetwork | None, TrainConfig, object], tuple[BayesianNetwork, PyroModule]]
+    build: Callable[[nn.Module, TrainConfig, int], tuple[BayesianNetwork, PyroModule]]
     description: str
 
 

@@ -106,7 +106,8 @@ def fit(config: TrainConfig, out: Path, resume: bool = False, progress: bool | N
         t0 = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(batches(x_all, y_all, config.batch_size, data_gen), total=steps,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=None if progress is None else not progress,
+                   desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=None if progress is None else not progress,
                    leave=False, dynamic_ncols=True)
         for x, y in bar:
             x = run.normalizer(x, data_gen)

@@ -20,8 +20,11 @@ def register_model(name: str, fn: ModelFn) -> None:
     _NAMED[name] = fn
 
 
-def register_family(pattern: str, template: str, resolve: Callable[[re.Match[str]], ModelFn]) -> None:
-    """Register a parametric family, e.g. ``wrn-(\\d+)-(\\d+)``; ``resolve`` may raise ValueError."""
+def register_family(
+    pattern: str, template: str, resolve: Callable[[re.Match[str]], ModelFn]
+) -> None:
+    """Register a parametric family (a regex such as ``wrn-(\\d+)-(\\d+)``); ``resolve`` builds
+    its constructor from the match and may raise a ValueError naming the bad value."""
     _FAMILIES.append((re.compile(pattern), template, resolve))
 
 

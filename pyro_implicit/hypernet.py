@@ -48,7 +48,8 @@ class HyperNetworks(nn.Module):
             )
         hidden = torch.relu(torch.bmm(self.hidden, z.unsqueeze(-1)).squeeze(-1))  # (L, h_dim)
         outputs = self.output.split(self.sizes)
-        return [(w @ h).view(shape) for w, h, shape in zip(outputs, hidden, self.shapes, strict=True)]
+        return [(w @ h).view(shape)
+                for w, h, shape in zip(outputs, hidden, self.shapes, strict=True)]
 
     def extra_repr(self) -> str:
         return f"layers={len(self.shapes)}, z_dim={self.z_dim}, h_dim={self.h_dim}"

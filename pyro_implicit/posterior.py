@@ -5,7 +5,8 @@ and the BatchNorm statistics recalibrated for each. As a guide it emits, call af
 cyclically, sample i's weights g(z_i; theta) and BN statistics, so
 ``Predictive(model, guide=frozen, num_samples=len(frozen))`` visits every sample exactly once
 (Predictive's shape-probing calls only shift where the cycle starts; the guide logs the order
-it emitted, so per-sample outputs can be put back in sample order). :func:`predict_probs` and :func:`model_average` chunk the samples so that peak
+it emitted, so per-sample outputs can be put back in sample order). :func:`predict_probs` and
+:func:`model_average` chunk the samples so that peak
 memory is bounded by ``chunk_size`` weight sets, whatever N is, and run the model in eval mode
 so that the network's own running statistics are never touched.
 """
@@ -51,7 +52,8 @@ class FrozenPosterior(PyroModule):
             raise ValueError("a frozen posterior needs at least one sample")
         for name, value in bn_stats.items():
             if value.shape[0] != latents.shape[0]:
-                raise ValueError(f"{name}: {value.shape[0]} statistics for {latents.shape[0]} samples")
+                raise ValueError(
+                    f"{name}: {value.shape[0]} statistics for {latents.shape[0]} samples")
         self._guide = (guide,)  # a reference, not a submodule: theta is saved with the guide
         self.latents = latents
         self.bn_stats = dict(bn_stats)

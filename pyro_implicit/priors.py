@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 import pyro.distributions as dist
+import torch
 
 PriorFactory = Callable[[torch.Tensor, torch.Tensor], dist.Distribution]
 

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from pyro_implicit.models import WideResNet, create_model, list_models
 
 

@@ -1,0 +1,24 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_non_editable_install_ships_models_and_inference(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--target", str(target), str(ROOT)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    code = ("import pyro_implicit, pyro_implicit.models as m, pyro_implicit.inference as i; "
+            "print(pyro_implicit.__file__); print(m.__file__); print(i.__file__); "
+            "print(m.create_model('wrn-16-1').__class__.__name__)")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, env=env, cwd=tmp_path).stdout.split()
+    assert all(path.startswith(str(target)) for path in out[:3]), out
+    assert out[1].endswith(os.path.join("pyro_implicit", "models", "__init__.py"))
+    assert out[2].endswith(os.path.join("pyro_implicit", "inference", "__init__.py"))
+    assert out[3] == "WideResNet"
+    assert not (target / "models").exists() and not (target / "inference").exists()
