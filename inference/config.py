@@ -15,6 +15,21 @@ from .data import check_data_spec
 CONFIG_FORMAT = 1
 
 
+def check_device(name: str) -> str:
+    """Return ``name`` if it is a usable torch device, else raise a ValueError saying why."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}; choose cpu or cuda[:N]") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}; choose cpu or cuda[:N]")
+    return name
+
+
 @dataclass
 class TrainConfig:
     """A training run. Defaults follow the paper's recipe (WideResNet's CIFAR schedule)."""
@@ -63,6 +78,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.drop_rate < 1:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+        check_device(self.device)
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError(
                 f"milestones are fractions of the epochs in (0, 1), got {self.milestones}")

@@ -6,6 +6,7 @@ median of each metric over 5 single draws (as the paper), whose errors are ``x1_
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -42,14 +43,14 @@ def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int
 
     A point estimate (no latent) is recalibrated and evaluated once and repeated.
     """
-    unique = 1 if run.guide.latent_shape == (0,) else num_draws
+    unique = 1 if math.prod(run.guide.latent_shape) == 0 else num_draws  # nothing latent
     posterior = freeze_posterior(run.model, run.guide, unique,
                                  run.train_inputs, bn_batches, progress=progress)
     parts = [predict_probs(run.model, posterior, run.normalizer(x), chunk_size)
              for x in tqdm(batches(test_x, None, batch_size), desc="evaluate", leave=False,
                            total=-(-len(test_x) // batch_size),
                            disable=None if progress is None else not progress)]
-    return torch.cat(parts, dim=1).expand(num_draws, -1, -1)
+    return torch.cat(parts, dim=1).cpu().expand(num_draws, -1, -1)
 
 
 def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageData | None = None,

@@ -92,6 +92,8 @@ def fit(config: TrainConfig, out: Path, resume: bool = False, progress: bool | N
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         data_gen.set_state(state["rng"]["data"])
+        if state["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         history, start = list(state["history"]), int(state["epoch"])
     else:
         config.save(out / CONFIG)
@@ -131,7 +133,8 @@ def fit(config: TrainConfig, out: Path, resume: bool = False, progress: bool | N
             "format": config.format, "epoch": epoch + 1, "history": history,
             "model": run.model.state_dict(), "guide": run.guide.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "data": data_gen.get_state()},
+            "rng": {"torch": torch.get_rng_state(), "data": data_gen.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }, out / CHECKPOINT)
         (out / METRICS).write_text(json.dumps({"history": history}, indent=2) + "\n")
         if progress is not False:

@@ -164,3 +164,15 @@ def test_demo_prints_the_comparison_table(tmp_path, capsys):
     out = capsys.readouterr().out
     for row in ("MAP", "hypernet x1", "hypernet x16", "error %", "NLL", "ECE"):
         assert row in out
+
+
+def test_missing_cifar10_explains_the_options(tmp_path, capsys):
+    assert main(["train", "--data", "cifar10", "--data-root", str(tmp_path), "--out",
+                 str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "CIFAR-10 not found" in err and "--download" in err and "imagefolder:PATH" in err
+
+
+def test_unavailable_device_is_refused(tmp_path, capsys):
+    assert main(["train", "--device", "tpu", "--out", str(tmp_path / "r")]) == 2
+    assert "tpu" in capsys.readouterr().err

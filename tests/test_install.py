@@ -22,3 +22,17 @@ def test_non_editable_install_ships_models_and_inference(tmp_path):
     assert out[2].endswith(os.path.join("pyro_implicit", "inference", "__init__.py"))
     assert out[3] == "WideResNet"
     assert not (target / "models").exists() and not (target / "inference").exists()
+
+
+def quickstart_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line for line in section.strip().splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readme_install_and_test_commands_verbatim():
+    install, main_job, tests = quickstart_commands()
+    assert main_job.endswith("pyro-implicit demo")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert install in ci and tests in ci
+    assert any(line.startswith(".venv/bin/ruff check") for line in ci)
