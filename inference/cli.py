@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from pyro_implicit.models import model_help
-
 from pyro_implicit.priors import PRIORS
 from pyro_implicit.strategies import STRATEGIES
 

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyro.nn import PyroModule
-from pyro_implicit.models import create_model
 from torch import nn
 
 from pyro_implicit import BayesianNetwork, ImplicitGuide, PointGuide
+from pyro_implicit.models import create_model
 
 from .config import TrainConfig
 

@@ -9,9 +9,9 @@ import pyro
 import pytest
 import torch
 from PIL import Image
-from pyro_implicit.models import create_model
 
 from pyro_implicit import BayesianNetwork, ImplicitGuide
+from pyro_implicit.models import create_model
 
 
 @pytest.fixture(autouse=True)

@@ -5,9 +5,9 @@ import textwrap
 import pyro
 import pytest
 import torch
-from conftest import tiny_batch, tiny_model
 from pyro.infer import Predictive
 
+from conftest import tiny_batch, tiny_model
 from pyro_implicit import (
     FrozenPosterior,
     freeze_posterior,

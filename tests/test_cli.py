@@ -3,6 +3,7 @@ import statistics
 
 import pytest
 import torch
+
 from conftest import make_imagefolder
 from pyro_implicit.inference import checkpoint as ckpt_module
 from pyro_implicit.inference import train as train_module

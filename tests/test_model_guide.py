@@ -2,11 +2,11 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
-from conftest import tiny_batch, tiny_model
 from pyro.infer import SVI
-from pyro_implicit.models import create_model
 
+from conftest import tiny_batch, tiny_model
 from pyro_implicit import BayesianNetwork, ImplicitGuide, ImplicitMAP
+from pyro_implicit.models import create_model
 
 
 def test_generated_kernels_are_sites_not_parameters():

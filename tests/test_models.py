@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from pyro_implicit.models import WideResNet, create_model, list_models
 
 
