@@ -37,7 +37,7 @@ def parse_samples(text: str) -> list[int]:
 
 
 def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int | None = None,
-                 chunk_size: int | None = None, batch_size: int = 500,
+                 chunk_size: int | None = None, batch_size: int = 128,
                  progress: bool | None = None) -> torch.Tensor:
     """Class probabilities of ``num_draws`` posterior samples on ``test_x``: (draws, n, C).
 

@@ -11,24 +11,30 @@ from .model import batchnorm_layers
 
 
 class _Moments:
-    """Streaming per-channel mean / sum of squared deviations in float64 (Chan et al.)."""
+    """Streaming per-channel sums of (x - shift) and (x - shift)^2, accumulated in float64.
+
+    The shift is the first batch's mean, so E[d^2] - E[d]^2 does not cancel catastrophically.
+    """
 
     def __init__(self) -> None:
-        self.count, self.mean, self.m2 = 0, None, None
+        self.count, self.shift, self.s1, self.s2 = 0, None, 0.0, 0.0
 
     def update(self, x: torch.Tensor) -> None:
+        x = x.detach()
         dims = [d for d in range(x.dim()) if d != 1]
-        n = x.numel() // x.shape[1]
-        var_b, mean_b = torch.var_mean(x.detach(), dim=dims, correction=0)
-        mean_b, m2_b = mean_b.double(), var_b.double() * n
-        if self.mean is None:
-            self.count, self.mean, self.m2 = n, mean_b, m2_b
-            return
-        total = self.count + n
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2_b + delta.square() * (self.count * n / total)
-        self.count = total
+        shape = [-1 if d == 1 else 1 for d in range(x.dim())]
+        if self.shift is None:
+            self.shift = x.mean(dims)
+        d = x - self.shift.view(shape)
+        self.s1 = self.s1 + d.sum(dims).double()
+        self.s2 = self.s2 + d.square().sum(dims).double()
+        self.count += x.numel() // x.shape[1]
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and unbiased variance over everything seen."""
+        m1 = self.s1 / self.count
+        var = (self.s2 / self.count - m1.square()) * (self.count / max(self.count - 1, 1))
+        return self.shift.double() + m1, var.clamp_min(0)
 
 
 @torch.no_grad()
@@ -72,9 +78,9 @@ def recalibrate_bn(
         raise ValueError("BN recalibration got no batches")
     stats: dict[str, torch.Tensor] = {}
     for name, bn in layers:
-        mom = moments[name]
-        bn.running_mean.copy_(mom.mean)
-        bn.running_var.copy_(mom.m2 / max(mom.count - 1, 1))
+        mean, var = moments[name].mean_var()
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
         bn.num_batches_tracked.fill_(seen)
         stats[f"{name}.running_mean"] = bn.running_mean.clone()
         stats[f"{name}.running_var"] = bn.running_var.clone()

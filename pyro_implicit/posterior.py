@@ -13,6 +13,7 @@ so that the network's own running statistics are never touched.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
@@ -58,7 +59,8 @@ class FrozenPosterior(PyroModule):
         self.latents = latents
         self.bn_stats = dict(bn_stats)
         self._next = 0
-        self.emitted: list[int] = []  # sample indices in the order they were emitted
+        # indices of the last len(self) samples emitted, in emission order
+        self.emitted: collections.deque[int] = collections.deque(maxlen=latents.shape[0])
 
     @property
     def guide(self) -> PyroModule:
@@ -96,7 +98,7 @@ def freeze_posterior(
     num_samples: int,
     batches: Callable[[], Iterable[torch.Tensor]] | None = None,
     num_batches: int | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> FrozenPosterior:
     """Draw ``num_samples`` latents from ``guide`` and recalibrate BN statistics for each.
 
@@ -112,7 +114,8 @@ def freeze_posterior(
     saved = {name: b.clone() for name, b in buffers.items()}
     per_sample: list[dict[str, torch.Tensor]] = []
     try:
-        for z in tqdm(latents, desc="BN recalibration", disable=not progress, leave=False):
+        for z in tqdm(latents, desc="BN recalibration", leave=False,
+                      disable=None if progress is None else not progress):
             if batches is None or not buffers:
                 per_sample.append({name: saved[name] for name in model.bn_sites})
                 continue
@@ -170,5 +173,5 @@ def _chunked_probs(model, posterior, x, chunk_size) -> Iterator[torch.Tensor]:
                                     return_sites=["logits"])
             logits = predictive(x)["logits"]  # (n, 1, batch, classes): Predictive adds plate dims
             # Predictive's sequential pass is the guide's last n calls: undo the rotation
-            order = torch.tensor(part.emitted[-len(part):]).argsort()
+            order = torch.tensor(list(part.emitted)).argsort()
             yield logits.reshape(len(part), x.shape[0], -1)[order].softmax(-1)
