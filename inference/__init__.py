@@ -1,9 +1,21 @@
-"""The inference module: methods behind one fit/evaluate interface, training loop, CLI."""
+"""The inference module: methods behind one fit/evaluate interface, training loop, CLI.
 
-from .config import TrainConfig
-from .evaluate import evaluate, evaluate_run
-from .methods import METHODS, build
-from .train import fit, load_run, prepare
+Attributes load lazily, so that ``python -m pyro_implicit.inference.train`` (torchrun's entry
+point) does not import its own module twice.
+"""
 
-__all__ = ["METHODS", "TrainConfig", "build", "evaluate", "evaluate_run", "fit", "load_run",
-           "prepare"]
+from importlib import import_module
+
+_EXPORTS = {
+    "METHODS": "methods", "build": "methods", "TrainConfig": "config",
+    "evaluate": "evaluate", "evaluate_run": "evaluate",
+    "fit": "train", "load_run": "train", "prepare": "train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,6 +26,13 @@ def save_checkpoint(state: dict, path: Path) -> None:
         raise
 
 
+def remove_stale_temp_files(path: Path) -> None:
+    """Delete temp files of writes to ``path`` that a hard kill cut short."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint safely (tensors and plain containers only); clear errors otherwise."""
     path = Path(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -15,9 +16,10 @@ from pyro_implicit.strategies import STRATEGIES
 
 from .config import TrainConfig
 from .data import DATA_CHOICES
+from .distributed import teardown
 from .evaluate import evaluate, evaluate_run, format_table, parse_samples
 from .methods import METHODS
-from .train import fit
+from .train import TrainingInterrupted, fit
 
 DEFAULTS = TrainConfig()
 
@@ -58,7 +60,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="Gaussian prior on theta and non-generated parameters (0 = MLE)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed,
                    help="fixes initialisation, data order, augmentation and z draws")
-    p.add_argument("--device", default=DEFAULTS.device)
+    p.add_argument("--device", default=DEFAULTS.device, help="cpu or cuda[:N]")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the whole global batch")
+    p.add_argument("--per-rank-z", action="store_true",
+                   help="under torchrun: each rank draws its own z (default: one z per step)")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -68,23 +74,26 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         data_root=args.data_root, download=args.download, train_subset=args.train_subset,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, device=args.device,
+        sync_bn=args.sync_bn, per_rank_z=args.per_rank_z,
     ).validate()
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         fit(None, Path(args.resume), resume=True)
-        print(f"run resumed and finished: {args.resume}")
-        return
-    if args.out is None:
+    elif args.out is None:
         raise ValueError("train needs --out RUN (a new run folder) or --resume RUN")
-    fit(_config(args), Path(args.out))
-    print(f"run finished: {args.out}")
+    else:
+        fit(_config(args), Path(args.out))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run finished: {args.resume or args.out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate_run(Path(args.run), args.samples, args.data, args.bn_batches,
                           seed=args.seed)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     print(format_table({f"x{n}": m for n, m in result["samples"].items()}))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -155,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
         print(f"pyro-implicit: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        print(f"pyro-implicit: {stop}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("pyro-implicit: interrupted; the last completed epoch is checkpointed "
+        print("pyro-implicit: interrupted; the last checkpoint is kept "
               "(continue with train --resume RUN)", file=sys.stderr)
         return 130
+    finally:
+        teardown()
     return 0
 
 

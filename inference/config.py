@@ -55,6 +55,8 @@ class TrainConfig:
     gamma: float = 0.2
     seed: int = 0
     device: str = "cpu"
+    sync_bn: bool = False
+    per_rank_z: bool = False
     format: int = CONFIG_FORMAT
 
     def validate(self) -> TrainConfig:

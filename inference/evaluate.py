@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from pyro_implicit import classification_metrics, freeze_posterior, predict_probs
 
-from .data import ImageData, batches, load_data
+from .data import ImageData, load_data
+from .distributed import SINGLE, Dist, setup
 from .train import Run, load_run
 
 X1_DRAWS = 5
@@ -38,24 +39,29 @@ def parse_samples(text: str) -> list[int]:
 
 def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int | None = None,
                  chunk_size: int | None = None, batch_size: int = 128,
-                 progress: bool | None = None) -> torch.Tensor:
+                 progress: bool | None = None, dist: Dist = SINGLE) -> torch.Tensor:
     """Class probabilities of ``num_draws`` posterior samples on ``test_x``: (draws, n, C).
 
-    A point estimate (no latent) is recalibrated and evaluated once and repeated.
+    A point estimate (no latent) is recalibrated and evaluated once and repeated. Under
+    torchrun the recalibration passes and the test batches are shared among the ranks.
     """
     unique = 1 if math.prod(run.guide.latent_shape) == 0 else num_draws  # nothing latent
-    posterior = freeze_posterior(run.model, run.guide, unique,
-                                 run.train_inputs, bn_batches, progress=progress)
-    parts = [predict_probs(run.model, posterior, run.normalizer(x), chunk_size)
-             for x in tqdm(batches(test_x, None, batch_size), desc="evaluate", leave=False,
-                           total=-(-len(test_x) // batch_size),
-                           disable=None if progress is None else not progress)]
-    return torch.cat(parts, dim=1).cpu().expand(num_draws, -1, -1)
+    posterior = freeze_posterior(run.model, run.guide, unique, run.train_inputs, bn_batches,
+                                 progress=progress, distributed=dist.active)
+    probs = torch.zeros(unique, len(test_x), run.data.num_classes, dtype=torch.float64)
+    starts = range(dist.rank * batch_size, len(test_x), dist.world * batch_size)
+    for start in tqdm(starts, desc="evaluate", leave=False,
+                      disable=not dist.is_main or (None if progress is None else not progress)):
+        x = run.normalizer(test_x[start:start + batch_size])
+        probs[:, start:start + len(x)] = predict_probs(run.model, posterior, x, chunk_size).cpu()
+    if dist.active:
+        torch.distributed.all_reduce(probs)
+    return probs.float().expand(num_draws, -1, -1)
 
 
 def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageData | None = None,
              bn_batches: int | None = None, chunk_size: int | None = None, seed: int = 0,
-             progress: bool | None = None) -> dict:
+             progress: bool | None = None, dist: Dist = SINGLE) -> dict:
     """Metrics of N-sample averages on the test split of ``test`` (default: the run's data)."""
     test = test or run.data
     if test.classes != run.data.classes:
@@ -64,7 +70,8 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()
     num_draws = max(max(samples), X1_DRAWS)
-    probs = sample_probs(run, test.test_x, num_draws, bn_batches, chunk_size, progress=progress)
+    probs = sample_probs(run, test.test_x, num_draws, bn_batches, chunk_size,
+                         progress=progress, dist=dist)
     labels = test.test_y
     per_draw = [classification_metrics(p, labels) for p in probs[:X1_DRAWS]]
     results = {}
@@ -90,10 +97,11 @@ def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: st
                  progress: bool | None = None) -> dict:
     """Load the run folder ``path`` and evaluate it (on ``data``'s test split when given)."""
     run = load_run(path)
+    dist = setup(run.config.device)
     test = None
     if data is not None:
         test = load_data(data, None, run.config.data_root, run.config.download)
-    result = evaluate(run, samples, test, bn_batches, chunk_size, seed, progress)
+    result = evaluate(run, samples, test, bn_batches, chunk_size, seed, progress, dist)
     result["run"] = str(path)
     result["data"] = data or run.config.data
     return result

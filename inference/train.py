@@ -1,30 +1,44 @@
 """The training loop: SGD (Nesterov) with a step schedule on a Pyro loss, one run folder per run.
 
-A run folder holds ``config.json``, ``checkpoint.pt`` (after every epoch, atomically) and
-``metrics.json`` (per-epoch loss, accuracy, lr, seconds). ``fit(..., resume=True)`` continues
-from the last completed epoch and ends exactly where an uninterrupted run would.
+A run folder holds ``config.json``, ``checkpoint.pt`` (after every epoch and when SIGTERM or
+SIGINT stops training mid-epoch; written atomically) and ``metrics.json`` (per-epoch loss,
+training error, lr, seconds). A checkpoint holds the model, guide, optimiser, position in the
+epoch (its data order and step) and every RNG state, so ``fit(..., resume=True)`` ends
+bit-identical to an uninterrupted run on CPU. Under torchrun it trains data-parallel
+(see :mod:`.distributed`); rank 0 alone logs and writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
 import torch
 from pyro.nn import PyroModule
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pyro_implicit import BayesianNetwork, ImplicitMAP
 
-from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from .config import TrainConfig
 from .data import ImageData, Normalizer, batches, load_data
+from .distributed import Dist, convert_sync_batchnorm, setup
 from .methods import build
 
 CONFIG, METRICS = "config.json", "metrics.json"
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped training; a checkpoint of the exact position was written."""
 
 
 @dataclass
@@ -52,6 +66,8 @@ def prepare(config: TrainConfig, data: ImageData | None = None) -> Run:
         data = load_data(config.data, config.train_subset, config.data_root, config.download)
     pyro.set_rng_seed(config.seed)
     model, guide = build(config, data.num_classes, data.in_channels, len(data.train_y))
+    if config.sync_bn:
+        convert_sync_batchnorm(model.net)
     model.to(config.device)
     guide.to(config.device)
     mean, std = data.channel_stats()
@@ -69,79 +85,160 @@ def _optimizer(run: Run) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, foreach=True, **kwargs)
 
 
-def fit(config: TrainConfig, out: Path, resume: bool = False, progress: bool | None = None,
-        data: ImageData | None = None) -> Run:
-    """Train ``config`` into the run folder ``out`` (or continue it when ``resume``)."""
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[dict]:
+    """Turn SIGTERM/SIGINT into a flag checked between steps; a second SIGINT stops at once."""
+    flag: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _rng_states(dist: Dist) -> list[torch.Tensor]:
+    """Every rank's torch RNG state (they differ only with ``per_rank_z``)."""
+    state = torch.get_rng_state()
+    if not dist.active:
+        return [state]
+    states = [torch.empty_like(state) for _ in range(dist.world)]
+    torch.distributed.all_gather(states, state)
+    return states
+
+
+def _wrap(module: torch.nn.Module, config: TrainConfig, dist: Dist) -> torch.nn.Module:
+    if not dist.active or not any(p.requires_grad for p in module.parameters()):
+        return module
+    device_ids = [torch.cuda.current_device()] if config.device.startswith("cuda") else None
+    return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def fit(config: TrainConfig | None, out: Path, resume: bool = False,
+        progress: bool | None = None, data: ImageData | None = None) -> Run:
+    """Train ``config`` into the run folder ``out`` (or continue the run there when ``resume``)."""
     out = Path(out)
     if resume:
+        if not (out / CONFIG).is_file():
+            raise FileNotFoundError(f"--resume {out}: not a run folder (no {CONFIG})")
         config = TrainConfig.load(out / CONFIG)
     elif (out / CONFIG).exists():
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, "
                               "or choose another --out")
+    dist = setup(config.validate().device)
     run = prepare(config, data)
-    out.mkdir(parents=True, exist_ok=True)
     optimizer = _optimizer(run)
-    loss_fn = ImplicitMAP(config.weight_decay)
-    data_gen = torch.Generator().manual_seed(config.seed)
-    history: list[dict] = []
-    start = 0
-    if resume:
-        state = load_checkpoint(out / CHECKPOINT)
+    state = load_checkpoint(out / CHECKPOINT) if resume else None
+    if state is not None:
+        if dist.is_main:
+            remove_stale_temp_files(out / CHECKPOINT)
         run.model.load_state_dict(state["model"])
         run.guide.load_state_dict(state["guide"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        data_gen.set_state(state["rng"]["data"])
-        if state["rng"].get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        history, start = list(state["history"]), int(state["epoch"])
-    else:
+    elif dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
         config.save(out / CONFIG)
+    if dist.active and config.per_rank_z:
+        torch.manual_seed(config.seed * 100_003 + dist.rank)  # own z (and dropout) per rank
+    with _stop_requests() as stop:
+        _loop(run, optimizer, state, dist, stop, out,
+              show=dist.is_main and (progress is None or progress))
+    return run
+
+
+def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: Path,
+          show: bool) -> None:
+    config = run.config
+    model, guide = _wrap(run.model, config, dist), _wrap(run.guide, config, dist)
+    loss_fn = ImplicitMAP(config.weight_decay)
+    data_gen = torch.Generator().manual_seed(config.seed)
     x_all, y_all = run.data.train_x, run.data.train_y
     steps = -(-len(y_all) // config.batch_size)
-    for epoch in range(start, config.epochs):
+    history: list[dict] = []
+    epoch, step, order, partial = 0, 0, None, [0.0, 0.0, 0.0, 0.0]
+    if state is not None:
+        history, epoch, step = list(state["history"]), int(state["epoch"]), int(state["step"])
+        if step:
+            order, partial = state["order"], list(state["partial"])
+        data_gen.set_state(state["rng"]["data"])
+        torch.set_rng_state(state["rng"]["torch"][dist.rank if len(state["rng"]["torch"]) > 1
+                                                  else 0])
+        if state["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def checkpoint(epoch: int, step: int, order, partial) -> None:
+        rng = {"torch": _rng_states(dist), "data": data_gen.get_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        if dist.is_main:
+            save_checkpoint({
+                "format": config.format, "epoch": epoch, "step": step, "history": history,
+                "order": order if order is not None else torch.empty(0, dtype=torch.long),
+                "partial": partial, "model": run.model.state_dict(),
+                "guide": run.guide.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": rng}, out / CHECKPOINT)
+
+    while epoch < config.epochs:
         lr = config.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         run.model.train()
         run.guide.train()
-        t0 = time.perf_counter()
-        total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(batches(x_all, y_all, config.batch_size, data_gen), total=steps,
-                   desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=None if progress is None else not progress,
-                   leave=False, dynamic_ncols=True)
-        for x, y in bar:
-            x = run.normalizer(x, data_gen)
-            y = y.to(config.device)
-            loss, logits = loss_fn.loss_and_logits(run.model, run.guide, x, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} in epoch {epoch + 1}; "
-                                         f"the last good checkpoint is kept in {out}")
+        if order is None:
+            order = torch.randperm(len(y_all), generator=data_gen)
+        t0 = time.perf_counter() - partial[3]
+        bar = tqdm(range(step, steps), initial=step, total=steps, leave=False,
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show or None,
+                   dynamic_ncols=True)
+        for step in bar:
+            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x = run.normalizer(x_all[index], data_gen)  # the whole global batch, augmented
+            local = dist.shard(torch.arange(len(index)))
+            x, y = x[local], y_all[index][local].to(config.device)
+            loss, logits = loss_fn.loss_and_logits(
+                model, guide, x, y, likelihood_weight=len(y) * dist.world / len(index))
+            if dist.any(not torch.isfinite(loss).item()):
+                raise FloatingPointError(
+                    f"non-finite loss in epoch {epoch + 1}, step {step + 1} (global step "
+                    f"{epoch * steps + step + 1}); the last good checkpoint is kept in {out}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(-1) == y).sum().item()
-            seen += len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+            partial[0] += loss.item() * len(y)
+            partial[1] += (logits.argmax(-1) == y).sum().item()
+            partial[2] += len(y)
+            bar.set_postfix(loss=f"{partial[0] / partial[2]:.3f}",
+                            acc=f"{partial[1] / partial[2]:.3f}")
+            if dist.any(stop["signal"] is not None):
+                partial[3] = time.perf_counter() - t0
+                checkpoint(epoch, step + 1, order, partial)
+                raise TrainingInterrupted(
+                    f"stopped in epoch {epoch + 1} after step {step + 1}; checkpoint written: "
+                    f"continue with `pyro-implicit train --resume {out}`")
         bar.close()
-        record = {"epoch": epoch + 1, "lr": lr, "loss": total_loss / seen,
-                  "train_error": 1 - correct / seen, "seconds": time.perf_counter() - t0}
+        totals = torch.tensor(partial[:3], dtype=torch.float64)
+        if dist.active:
+            torch.distributed.all_reduce(totals)
+        record = {"epoch": epoch + 1, "lr": lr, "loss": (totals[0] / totals[2]).item(),
+                  "train_error": 1 - (totals[1] / totals[2]).item(),
+                  "seconds": time.perf_counter() - t0}
         history.append(record)
-        save_checkpoint({
-            "format": config.format, "epoch": epoch + 1, "history": history,
-            "model": run.model.state_dict(), "guide": run.guide.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "data": data_gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        }, out / CHECKPOINT)
-        (out / METRICS).write_text(json.dumps({"history": history}, indent=2) + "\n")
-        if progress is not False:
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f} "
-                       f"train error {record['train_error']:.4f} lr {lr:g} "
-                       f"({record['seconds']:.1f}s)")
-    return run
+        epoch, step, order, partial = epoch + 1, 0, None, [0.0, 0.0, 0.0, 0.0]
+        checkpoint(epoch, 0, None, partial)
+        if dist.is_main:
+            (out / METRICS).write_text(json.dumps({"history": history}, indent=2) + "\n")
+            if show:
+                tqdm.write(f"epoch {record['epoch']}/{config.epochs}: loss {record['loss']:.4f} "
+                           f"train error {record['train_error']:.4f} lr {lr:g} "
+                           f"({record['seconds']:.1f}s)")
 
 
 def load_run(out: Path, data: ImageData | None = None) -> Run:
@@ -155,3 +252,9 @@ def load_run(out: Path, data: ImageData | None = None) -> Run:
     run.model.load_state_dict(state["model"])
     run.guide.load_state_dict(state["guide"])
     return run
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node=K -m pyro_implicit.inference.train ...
+    from .cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -55,8 +55,13 @@ class ImplicitMAP:
             *args, **kwargs)
         return guide_trace, model_trace
 
-    def loss_and_logits(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        """The differentiable loss and the model's ``logits`` site (for training accuracy)."""
+    def loss_and_logits(self, model, guide, *args, likelihood_weight: float = 1.0,
+                        **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The differentiable loss and the model's ``logits`` site (for training accuracy).
+
+        ``likelihood_weight`` multiplies the data term only (data-parallel training uses it to
+        weight unequal shards of a global batch).
+        """
         _, model_trace = self.traces(model, guide, *args, **kwargs)
         log_lik, num_data = 0.0, 0.0
         for site in model_trace.nodes.values():
@@ -68,7 +73,7 @@ class ImplicitMAP:
             num_data = max(num_data, float(site["scale"]) * site["value"].shape[0])
         if num_data == 0:
             raise ValueError("the model has no observed site: pass labels to compute the loss")
-        loss = -log_lik / num_data
+        loss = -likelihood_weight * log_lik / num_data
         if self.weight_decay:
             params = _unique_parameters(model, guide)
             loss = loss + 0.5 * self.weight_decay * squared_norm(params).to(loss.device)

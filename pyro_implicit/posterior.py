@@ -99,12 +99,15 @@ def freeze_posterior(
     batches: Callable[[], Iterable[torch.Tensor]] | None = None,
     num_batches: int | None = None,
     progress: bool | None = False,
+    distributed: bool = False,
 ) -> FrozenPosterior:
     """Draw ``num_samples`` latents from ``guide`` and recalibrate BN statistics for each.
 
     ``batches()`` yields training inputs (augmentation off); ``num_batches=None`` uses one full
     pass, as the paper. Without ``batches`` (or without BN) the network's own running
     statistics are frozen with every sample. The network's buffers are left as they were.
+    ``distributed`` shares each recalibration pass among the ranks of the process group (all
+    ranks must draw the same latents, i.e. share the RNG seed).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -121,7 +124,7 @@ def freeze_posterior(
                 continue
             weights = guide.weights(z)
             stats = recalibrate_bn(net, batches(), lambda x, w=weights: model.logits(x, w),
-                                   num_batches)
+                                   num_batches, distributed)
             per_sample.append(stats)
     finally:
         for name, value in saved.items():
