@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,9 +77,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"train_subset must be positive, got {self.train_subset}")
-        for name in ("lr", "weight_decay", "momentum"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "momentum", "gamma"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if not 0 <= self.drop_rate < 1:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
         check_device(self.device)
@@ -92,7 +95,11 @@ class TrainConfig:
         return self.lr * self.gamma**drops
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        """Write config.json atomically (temp file + rename)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:

@@ -1,7 +1,8 @@
 """The training loop: SGD (Nesterov) with a step schedule on a Pyro loss, one run folder per run.
 
-A run folder holds ``config.json``, ``checkpoint.pt`` (after every epoch and when SIGTERM or
-SIGINT stops training mid-epoch; written atomically) and ``metrics.json`` (per-epoch loss,
+A run folder holds ``config.json`` and ``checkpoint.pt`` (written together, atomically, after
+every epoch and when SIGTERM or SIGINT stops training mid-epoch: a run that fails before its
+first checkpoint leaves no run behind) and ``metrics.json`` (per-epoch loss,
 training error, lr, seconds). A checkpoint holds the model, guide, optimiser, position in the
 epoch (its data order and step) and every RNG state, so ``fit(..., resume=True)`` ends
 bit-identical to an uninterrupted run on CPU. Under torchrun it trains data-parallel
@@ -144,9 +145,6 @@ def fit(config: TrainConfig | None, out: Path, resume: bool = False,
         run.model.load_state_dict(state["model"])
         run.guide.load_state_dict(state["guide"])
         optimizer.load_state_dict(state["optimizer"])
-    elif dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / CONFIG)
     if dist.active and config.per_rank_z:
         torch.manual_seed(config.seed * 100_003 + dist.rank)  # own z (and dropout) per rank
     with _stop_requests() as stop:
@@ -179,6 +177,9 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
         rng = {"torch": _rng_states(dist), "data": data_gen.get_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         if dist.is_main:
+            if not (out / CONFIG).exists():  # the run folder appears with its first checkpoint
+                out.mkdir(parents=True, exist_ok=True)
+                config.save(out / CONFIG)
             save_checkpoint({
                 "format": config.format, "epoch": epoch, "step": step, "history": history,
                 "order": order if order is not None else torch.empty(0, dtype=torch.long),
