@@ -5,10 +5,10 @@ import itertools
 import shutil
 
 import pytest
-from conftest import make_imagefolder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import make_imagefolder
 from pyro_implicit.inference.cli import main
 
 # flag -> (valid values, invalid values); each example breaks at most one flag
