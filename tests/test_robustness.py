@@ -47,9 +47,9 @@ def straight(folder, tmp_path_factory):
 
 
 def start_and_signal(folder, out, sig):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # same environment (thread count) as this process: bit-identity needs the same kernels
     proc = subprocess.Popen(cli("train", *ARGS, "--data", f"imagefolder:{folder}", "--out",
-                                str(out)), env=env, stdout=subprocess.PIPE,
+                                str(out)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=out.parent)
     deadline = time.time() + 120
     while not (out / "metrics.json").exists():  # first epoch done
