@@ -8,6 +8,7 @@ with the same global batch sees; gradients are averaged by ``DistributedDataPara
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -61,7 +62,11 @@ def setup(device: str) -> Dist:
 
 
 def teardown() -> None:
+    """Leave the job: free DDP's reducers first (they hold the process group), then wait for
+    every rank, so that no rank closes the group under another."""
     if dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 
