@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
 from pyro.nn import PyroModule
@@ -117,6 +119,19 @@ def _rng_states(dist: Dist) -> list[torch.Tensor]:
     return states
 
 
+def _host_rng_states() -> dict:
+    """Python's and NumPy's global RNG states in a form ``weights_only`` loading accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+
+
+def _set_host_rng_states(rng: dict) -> None:
+    random.setstate(rng["python"])
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
 def _wrap(module: torch.nn.Module, config: TrainConfig, dist: Dist) -> torch.nn.Module:
     if not dist.active or not any(p.requires_grad for p in module.parameters()):
         return module
@@ -172,10 +187,12 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
                                                   else 0])
         if state["rng"].get("cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        _set_host_rng_states(state["rng"])
 
     def checkpoint(epoch: int, step: int, order, partial) -> None:
         rng = {"torch": _rng_states(dist), "data": data_gen.get_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+               **_host_rng_states()}
         if dist.is_main:
             if not (out / CONFIG).exists():  # the run folder appears with its first checkpoint
                 out.mkdir(parents=True, exist_ok=True)

@@ -150,3 +150,29 @@ def test_distributed_evaluation_equals_single_process(folder, tmp_path):
     for n, metrics in a["samples"].items():
         for key, value in metrics.items():
             assert b["samples"][n][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (n, key)
+
+
+def test_checkpoint_holds_every_rng_state(straight):
+    rng = straight["rng"]
+    assert set(rng) == {"torch", "data", "cuda", "python", "numpy"}
+    assert isinstance(rng["torch"][0], torch.Tensor) and rng["numpy"][0] == "MT19937"
+
+
+def test_truncated_checkpoint_foreign_run_and_old_version_are_refused(folder, tmp_path,
+                                                                      capsys):
+    run = tmp_path / "run"
+    assert main(["train", *ARGS[:-2], "--epochs", "1", "--data", f"imagefolder:{folder}",
+                 "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    blob = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(blob[: len(blob) // 2])
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "not a readable pyro-implicit checkpoint" in capsys.readouterr().err
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    assert main(["train", "--resume", str(stranger)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    config["format"] = 999
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", str(run)]) == 2
+    assert "incompatible version (format 999" in capsys.readouterr().err
