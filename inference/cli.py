@@ -121,6 +121,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(format_table(rows))
     print(f"training time: map {seconds['map']:.0f}s, hypernet {seconds['hypernet']:.0f}s; "
           f"runs in {out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"model": args.model, "epochs": args.epochs, "seed": args.seed,
+             "num_test": len(run.data.test_y), "rows": rows, "train_seconds": seconds},
+            indent=2) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_positive_int, default=30)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default=None, help="folder for the two runs (default: a temp dir)")
+    demo.add_argument("--json", default=None, metavar="FILE", help="also write the table here")
     demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train a run into a run folder")
