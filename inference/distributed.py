@@ -36,13 +36,13 @@ class Dist:
         """This rank's part of a global batch of indices (every world-th item)."""
         return index[self.rank::self.world]
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank if ``flag`` is true on any rank (a collective when active)."""
+    def any(self, *flags: bool) -> list[bool]:
+        """For each flag: true on every rank if true on any rank (one collective when active)."""
         if not self.active:
-            return flag
-        value = torch.tensor([float(flag)])
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+            return list(flags)
+        values = torch.tensor([float(f) for f in flags])
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in values.tolist()]
 
 
 SINGLE = Dist()

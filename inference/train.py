@@ -223,7 +223,9 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
             x, y = x[local], y_all[index][local].to(config.device)
             loss, logits = loss_fn.loss_and_logits(
                 model, guide, x, y, likelihood_weight=len(y) * dist.world / len(index))
-            if dist.any(not torch.isfinite(loss).item()):
+            non_finite, stopping = dist.any(not torch.isfinite(loss).item(),
+                                            stop["signal"] is not None)
+            if non_finite:
                 raise FloatingPointError(
                     f"non-finite loss in epoch {epoch + 1}, step {step + 1} (global step "
                     f"{epoch * steps + step + 1}); the last good checkpoint is kept in {out}")
@@ -235,7 +237,7 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
             partial[2] += len(y)
             bar.set_postfix(loss=f"{partial[0] / partial[2]:.3f}",
                             acc=f"{partial[1] / partial[2]:.3f}")
-            if dist.any(stop["signal"] is not None):
+            if stopping:
                 partial[3] = time.perf_counter() - t0
                 checkpoint(epoch, step + 1, order, partial)
                 raise TrainingInterrupted(
