@@ -183,8 +183,8 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
         if step:
             order, partial = state["order"], list(state["partial"])
         data_gen.set_state(state["rng"]["data"])
-        torch.set_rng_state(state["rng"]["torch"][dist.rank if len(state["rng"]["torch"]) > 1
-                                                  else 0])
+        states = state["rng"]["torch"]  # one per rank of the run that wrote it
+        torch.set_rng_state(states[dist.rank % len(states)])
         if state["rng"].get("cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         _set_host_rng_states(state["rng"])
