@@ -91,7 +91,7 @@ class TrainConfig:
 
     def lr_at(self, epoch: int) -> float:
         """Step schedule: lr times gamma for each milestone (a fraction of epochs) passed."""
-        drops = sum(epoch >= int(m * self.epochs) for m in self.milestones)
+        drops = sum(epoch >= max(1, int(m * self.epochs)) for m in self.milestones)
         return self.lr * self.gamma**drops
 
     def save(self, path: Path) -> None:

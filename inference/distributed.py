@@ -54,7 +54,8 @@ def setup(device: str) -> Dist:
     if world <= 1:
         return SINGLE
     if not dist.is_initialized():
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        # nccl for CUDA tensors, gloo for the small CPU flags and RNG states we also reduce
+        backend = "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend)
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

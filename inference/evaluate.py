@@ -96,8 +96,13 @@ def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: st
                  bn_batches: int | None = None, chunk_size: int | None = None, seed: int = 0,
                  progress: bool | None = None) -> dict:
     """Load the run folder ``path`` and evaluate it (on ``data``'s test split when given)."""
+    from .config import TrainConfig
+    from .train import CONFIG
+
+    if not (Path(path) / CONFIG).is_file():
+        raise FileNotFoundError(f"{path} is not a run folder (no {CONFIG})")
+    dist = setup(TrainConfig.load(Path(path) / CONFIG).device)  # before any model hits a GPU
     run = load_run(path)
-    dist = setup(run.config.device)
     test = None
     if data is not None:
         test = load_data(data, None, run.config.data_root, run.config.download)

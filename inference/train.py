@@ -157,9 +157,7 @@ def fit(config: TrainConfig | None, out: Path, resume: bool = False,
     if state is not None:
         if dist.is_main:
             remove_stale_temp_files(out / CHECKPOINT)
-        run.model.load_state_dict(state["model"])
-        run.guide.load_state_dict(state["guide"])
-        optimizer.load_state_dict(state["optimizer"])
+        _load_states(out, state, run, optimizer)
     if dist.active and config.per_rank_z:
         torch.manual_seed(config.seed * 100_003 + dist.rank)  # own z (and dropout) per rank
     with _stop_requests() as stop:
@@ -176,6 +174,11 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
     data_gen = torch.Generator().manual_seed(config.seed)
     x_all, y_all = run.data.train_x, run.data.train_y
     steps = -(-len(y_all) // config.batch_size)
+    last = len(y_all) - (steps - 1) * config.batch_size
+    if dist.active and min(config.batch_size, last) < dist.world:
+        raise ValueError(f"--batch-size {config.batch_size} with {len(y_all)} training items "
+                         f"leaves a batch of {min(config.batch_size, last)} for {dist.world} "
+                         "processes: every rank needs at least one item per step")
     history: list[dict] = []
     epoch, step, order, partial = 0, 0, None, [0.0, 0.0, 0.0, 0.0]
     if state is not None:
@@ -194,15 +197,15 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                **_host_rng_states()}
         if dist.is_main:
-            if not (out / CONFIG).exists():  # the run folder appears with its first checkpoint
-                out.mkdir(parents=True, exist_ok=True)
-                config.save(out / CONFIG)
+            out.mkdir(parents=True, exist_ok=True)
             save_checkpoint({
                 "format": config.format, "epoch": epoch, "step": step, "history": history,
                 "order": order if order is not None else torch.empty(0, dtype=torch.long),
                 "partial": partial, "model": run.model.state_dict(),
                 "guide": run.guide.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": rng}, out / CHECKPOINT)
+            if not (out / CONFIG).exists():  # the run exists once config.json follows it
+                config.save(out / CONFIG)
 
     while epoch < config.epochs:
         lr = config.lr_at(epoch)
@@ -268,10 +271,22 @@ def load_run(out: Path, data: ImageData | None = None) -> Run:
         raise FileNotFoundError(f"{out} is not a run folder (no {CONFIG})")
     config = TrainConfig.load(out / CONFIG)
     run = prepare(config, data)
-    state = load_checkpoint(out / CHECKPOINT)
-    run.model.load_state_dict(state["model"])
-    run.guide.load_state_dict(state["guide"])
+    _load_states(out, load_checkpoint(out / CHECKPOINT), run)
     return run
+
+
+def _load_states(out: Path, state: dict, run: Run, optimizer=None) -> None:
+    """Restore model, guide (and optimiser) states; a mismatch is a clear ValueError."""
+    try:
+        run.model.load_state_dict(state["model"])
+        run.guide.load_state_dict(state["guide"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            for key in ("history", "epoch", "step", "rng"):
+                state[key]  # noqa: B018 - presence check
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise ValueError(f"{out / CHECKPOINT} does not match the run's configuration: "
+                         f"{str(err).splitlines()[0]}") from err
 
 
 if __name__ == "__main__":  # torchrun --nproc_per_node=K -m pyro_implicit.inference.train ...

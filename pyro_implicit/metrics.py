@@ -27,7 +27,7 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> float:
     conf, pred = probs.double().max(-1)
     correct = (pred == labels).double()
     bins = torch.clamp((conf * num_bins).ceil().long() - 1, 0, num_bins - 1)
-    gap = torch.zeros(num_bins, dtype=torch.float64)
+    gap = torch.zeros(num_bins, dtype=torch.float64, device=probs.device)
     gap.index_add_(0, bins, conf - correct)
     return (gap.abs().sum() / conf.numel()).item()
 

@@ -166,7 +166,7 @@ def model_average(
 
 
 def _chunked_probs(model, posterior, x, chunk_size) -> Iterator[torch.Tensor]:
-    chunk = chunk_size or default_chunk_size(model)
+    chunk = default_chunk_size(model) if chunk_size is None else chunk_size
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk}")
     with eval_mode(model):
