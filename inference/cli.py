@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pyro_implicit.models import model_help
-from pyro_implicit.priors import PRIORS
+from pyro_implicit.priors import PRIOR_DESCRIPTIONS
 from pyro_implicit.strategies import STRATEGIES
 
 from .config import TrainConfig
@@ -40,10 +40,12 @@ def _bn_batches(text: str) -> int | None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULTS.model, help=f"network: {model_help()}")
-    p.add_argument("--method", default=DEFAULTS.method, help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--method", default=DEFAULTS.method, help="; ".join(
+        f"{name}: {method.description}" for name, method in METHODS.items()))
     p.add_argument("--strategy", default=DEFAULTS.strategy,
                    help=f"z sharing for hypernet: {', '.join(STRATEGIES)}")
-    p.add_argument("--prior", default=DEFAULTS.prior, help=f"p(z): {', '.join(PRIORS)}")
+    p.add_argument("--prior", default=DEFAULTS.prior, help="p(z): " + ", ".join(
+        f"{name} {law}" for name, law in PRIOR_DESCRIPTIONS.items()))
     p.add_argument("--z-dim", type=_positive_int, default=DEFAULTS.z_dim)
     p.add_argument("--h-dim", type=_positive_int, default=DEFAULTS.h_dim)
     p.add_argument("--drop-rate", type=float, default=DEFAULTS.drop_rate,

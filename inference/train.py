@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pyro_implicit import BayesianNetwork, ImplicitMAP
+from pyro_implicit.objective import unique_parameters
 
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from .config import TrainConfig
@@ -53,8 +54,6 @@ class Run:
     model: BayesianNetwork
     guide: PyroModule
     normalizer: Normalizer
-    mean: list[float]
-    std: list[float]
 
     def train_inputs(self, batch_size: int | None = None):
         """Training images normalised, augmentation off (for BN recalibration)."""
@@ -75,11 +74,11 @@ def prepare(config: TrainConfig, data: ImageData | None = None) -> Run:
     guide.to(config.device)
     mean, std = data.channel_stats()
     normalizer = Normalizer(mean, std, data.pad, data.flip, config.device)
-    return Run(config, data, model, guide, normalizer, mean, std)
+    return Run(config, data, model, guide, normalizer)
 
 
 def _optimizer(run: Run) -> torch.optim.Optimizer:
-    params = list({id(p): p for m in (run.model, run.guide) for p in m.parameters()}.values())
+    params = unique_parameters(run.model, run.guide)
     c = run.config
     kwargs = dict(lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0)
     try:  # the prior is in the loss, so no weight_decay here

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 
-def _unique_parameters(*modules: Callable) -> list[torch.nn.Parameter]:
+def unique_parameters(*modules: Callable) -> list[torch.nn.Parameter]:
+    """Trainable parameters of ``modules``, each once (what the prior covers and SGD updates)."""
     seen: dict[int, torch.nn.Parameter] = {}
     for module in modules:
         if not isinstance(module, nn.Module):
@@ -75,7 +76,7 @@ class ImplicitMAP:
             raise ValueError("the model has no observed site: pass labels to compute the loss")
         loss = -likelihood_weight * log_lik / num_data
         if self.weight_decay:
-            params = _unique_parameters(model, guide)
+            params = unique_parameters(model, guide)
             loss = loss + 0.5 * self.weight_decay * squared_norm(params).to(loss.device)
         return loss, model_trace.nodes["logits"]["value"]
 
