@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pyro_implicit.forms import FORMS, check_form
 from pyro_implicit.models import model_help
 from pyro_implicit.priors import PRIOR_DESCRIPTIONS
 from pyro_implicit.strategies import STRATEGIES
@@ -36,6 +37,13 @@ def _positive_int(text: str) -> int:
 
 def _bn_batches(text: str) -> int | None:
     return None if text in ("all", "full") else _positive_int(text)
+
+
+def _form(text: str) -> str:
+    try:
+        return check_form(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -93,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate_run(Path(args.run), args.samples, args.data, args.bn_batches,
-                          seed=args.seed)
+                          seed=args.seed, form=args.form)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     print(format_table({f"x{n}": m for n, m in result["samples"].items()}))
@@ -160,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bn-batches", type=_bn_batches, default=None,
                     help="training batches for BN recalibration per sample (default: all)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
+    ev.add_argument("--form", type=_form, default="branching", metavar="FORM",
+                    help=f"how N draws are averaged: {', '.join(FORMS)} (softmax of N networks; "
+                         "N copies of each residual block; N x the channels of each generated "
+                         "layer)")
     ev.set_defaults(func=cmd_evaluate)
     return parser
 

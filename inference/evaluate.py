@@ -1,7 +1,10 @@
 """Evaluation of a run: N-sample Bayesian model averages with per-sample BN recalibration.
 
-For N in ``samples`` the first N of max(N) posterior draws are averaged; ``"1"`` reports the
-median of each metric over 5 single draws (as the paper), whose errors are ``x1_draws``.
+For N in ``samples`` the first N of max(N) posterior draws are averaged (form ``branching``),
+or each N gets its own network assembled in the form ``parallelizing`` or ``widening`` from
+fresh draws, with BN recalibrated for it; ``"1"`` reports the median of each metric over 5
+single draws (as the paper; every form is the single network at N = 1), whose errors are
+``x1_draws``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_implicit import classification_metrics, freeze_posterior, predict_probs
+from pyro_implicit import classification_metrics, freeze_posterior, predict_probs, recalibrate_bn
+from pyro_implicit.forms import assemble, check_form, draws_needed
+from pyro_implicit.model import batchnorm_layers
 
 from .data import ImageData, load_data
 from .distributed import SINGLE, Dist, setup
@@ -59,17 +64,38 @@ def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int
     return probs.float().expand(num_draws, -1, -1)
 
 
+@torch.no_grad()
+def form_probs(run: Run, test_x: torch.Tensor, n: int, form: str, bn_batches: int | None = None,
+               batch_size: int = 128, dist: Dist = SINGLE) -> torch.Tensor:
+    """Class probabilities (n_test, C) of the network averaging ``n`` fresh posterior draws in
+    ``form`` (parallelizing or widening), its BN statistics recalibrated for the assembly."""
+    latents = [run.guide.sample_latent() for _ in range(draws_needed(form, n))]
+    net = assemble(run.model, lambda m: run.guide.weights(latents[m]), n, form)
+    if batchnorm_layers(net):
+        recalibrate_bn(net, run.train_inputs(), num_batches=bn_batches, distributed=dist.active)
+    net.eval()
+    probs = torch.zeros(len(test_x), run.data.num_classes, dtype=torch.float64)
+    for start in range(dist.rank * batch_size, len(test_x), dist.world * batch_size):
+        x = run.normalizer(test_x[start:start + batch_size])
+        probs[start:start + len(x)] = net(x).softmax(-1).cpu()
+    if dist.active:
+        torch.distributed.all_reduce(probs)
+    return probs.float()
+
+
 def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageData | None = None,
              bn_batches: int | None = None, chunk_size: int | None = None, seed: int = 0,
-             progress: bool | None = None, dist: Dist = SINGLE) -> dict:
-    """Metrics of N-sample averages on the test split of ``test`` (default: the run's data)."""
+             progress: bool | None = None, dist: Dist = SINGLE, form: str = "branching") -> dict:
+    """Metrics of N-sample averages in ``form`` on the test split of ``test`` (default: the
+    run's data)."""
+    check_form(form)
     test = test or run.data
     if test.classes != run.data.classes:
         raise ValueError(f"evaluation data has classes {test.classes}, the run was trained on "
                          f"{run.data.classes}")
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()
-    num_draws = max(max(samples), X1_DRAWS)
+    num_draws = max(max(samples), X1_DRAWS) if form == "branching" else X1_DRAWS
     probs = sample_probs(run, test.test_x, num_draws, bn_batches, chunk_size,
                          progress=progress, dist=dist)
     labels = test.test_y
@@ -78,11 +104,15 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
     for n in samples:
         if n == 1:
             results["1"] = {k: statistics.median(d[k] for d in per_draw) for k in per_draw[0]}
-        else:
+        elif form == "branching":
             results[str(n)] = classification_metrics(probs[:n].mean(0), labels)
+        else:
+            averaged = form_probs(run, test.test_x, n, form, bn_batches, dist=dist)
+            results[str(n)] = classification_metrics(averaged, labels)
     return {
         "samples": results,
         "x1_draws": [d["error"] for d in per_draw],
+        "form": form,
         "method": run.config.method,
         "model": run.config.model,
         "num_test": len(labels),
@@ -94,7 +124,7 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
 
 def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: str | None = None,
                  bn_batches: int | None = None, chunk_size: int | None = None, seed: int = 0,
-                 progress: bool | None = None) -> dict:
+                 progress: bool | None = None, form: str = "branching") -> dict:
     """Load the run folder ``path`` and evaluate it (on ``data``'s test split when given)."""
     from .config import TrainConfig
     from .train import CONFIG
@@ -106,7 +136,7 @@ def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: st
     test = None
     if data is not None:
         test = load_data(data, None, run.config.data_root, run.config.download)
-    result = evaluate(run, samples, test, bn_batches, chunk_size, seed, progress, dist)
+    result = evaluate(run, samples, test, bn_batches, chunk_size, seed, progress, dist, form)
     result["run"] = str(path)
     result["data"] = data or run.config.data
     return result
