@@ -18,7 +18,7 @@ import torch
 from pyro_implicit import ImplicitMAP
 from pyro_implicit.inference import TrainConfig, prepare
 from pyro_implicit.inference.data import batches, load_data
-from pyro_implicit.inference.train import _optimizer
+from pyro_implicit.inference.train import make_optimizer
 
 CONFIGS: dict[str, dict] = {
     "map": {"method": "map"},
@@ -40,7 +40,7 @@ def probe(data, spec: str, epochs: int, output_scale: float = 1.0, **overrides) 
     if output_scale != 1.0:
         with torch.no_grad():
             run.guide.hypernet.output.mul_(output_scale)
-    optimizer = _optimizer(run)
+    optimizer = make_optimizer(run.config, run.model, run.guide)
     loss_fn = ImplicitMAP(config.weight_decay)
     gen = torch.Generator().manual_seed(0)
     errors = []

@@ -8,18 +8,24 @@ from dataclasses import dataclass
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_implicit import BayesianNetwork, ImplicitGuide, PointGuide
+from pyro_implicit import BayesianNetwork, ImplicitGuide, ImplicitMAP, PointGuide
 from pyro_implicit.models import create_model
 
 from .config import TrainConfig
 
 
+def _implicit_map(config: TrainConfig) -> ImplicitMAP:
+    return ImplicitMAP(config.weight_decay)
+
+
 @dataclass(frozen=True)
 class Method:
-    """A posterior approximation: how to build its guide, and its description."""
+    """A posterior approximation: how to build its model and guide, its training objective
+    (a Pyro loss offering ``loss_and_logits``), and its description."""
 
     build: Callable[[nn.Module, TrainConfig, int], tuple[BayesianNetwork, PyroModule]]
     description: str
+    loss: Callable[[TrainConfig], object] = _implicit_map
 
 
 def _hypernet(net, config: TrainConfig, num_data: int):

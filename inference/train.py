@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import signal
 import sys
@@ -29,14 +30,14 @@ from pyro.nn import PyroModule
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pyro_implicit import BayesianNetwork, ImplicitMAP
+from pyro_implicit import BayesianNetwork
 from pyro_implicit.objective import unique_parameters
 
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from .config import TrainConfig
 from .data import ImageData, Normalizer, batches, load_data
 from .distributed import Dist, convert_sync_batchnorm, setup
-from .methods import build
+from .methods import METHODS, build
 
 CONFIG, METRICS = "config.json", "metrics.json"
 
@@ -77,9 +78,11 @@ def prepare(config: TrainConfig, data: ImageData | None = None) -> Run:
     return Run(config, data, model, guide, normalizer)
 
 
-def _optimizer(run: Run) -> torch.optim.Optimizer:
-    params = unique_parameters(run.model, run.guide)
-    c = run.config
+def make_optimizer(config: TrainConfig, model: PyroModule, guide: PyroModule
+                   ) -> torch.optim.Optimizer:
+    """SGD (Nesterov) over the unique parameters of model and guide, fused where available."""
+    params = unique_parameters(model, guide)
+    c = config
     kwargs = dict(lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0)
     try:  # the prior is in the loss, so no weight_decay here
         return torch.optim.SGD(params, fused=True, **kwargs)
@@ -131,6 +134,25 @@ def _set_host_rng_states(rng: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
+def make_loss(config: TrainConfig):
+    """The training objective of ``config.method`` (a Pyro loss with ``loss_and_logits``)."""
+    return METHODS[config.method].loss(config)
+
+
+def train_step(model, guide, loss_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, likelihood_weight: float = 1.0) -> tuple[float, int]:
+    """One update on the mini-batch (x, y): returns the loss and the number classified right.
+
+    A non-finite loss is left to the caller to detect (it then stops before checkpointing).
+    """
+    loss, logits = loss_fn.loss_and_logits(model, guide, x, y,
+                                           likelihood_weight=likelihood_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), int((logits.argmax(-1) == y).sum().item())
+
+
 def _wrap(module: torch.nn.Module, config: TrainConfig, dist: Dist) -> torch.nn.Module:
     if not dist.active or not any(p.requires_grad for p in module.parameters()):
         return module
@@ -151,7 +173,7 @@ def fit(config: TrainConfig | None, out: Path, resume: bool = False,
                               "or choose another --out")
     dist = setup(config.validate().device)
     run = prepare(config, data)
-    optimizer = _optimizer(run)
+    optimizer = make_optimizer(run.config, run.model, run.guide)
     state = load_checkpoint(out / CHECKPOINT) if resume else None
     if state is not None:
         if dist.is_main:
@@ -169,7 +191,7 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
           show: bool) -> None:
     config = run.config
     model, guide = _wrap(run.model, config, dist), _wrap(run.guide, config, dist)
-    loss_fn = ImplicitMAP(config.weight_decay)
+    loss_fn = make_loss(config)
     data_gen = torch.Generator().manual_seed(config.seed)
     x_all, y_all = run.data.train_x, run.data.train_y
     steps = -(-len(y_all) // config.batch_size)
@@ -223,19 +245,15 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
             x = run.normalizer(x_all[index], data_gen)  # the whole global batch, augmented
             local = dist.shard(torch.arange(len(index)))
             x, y = x[local], y_all[index][local].to(config.device)
-            loss, logits = loss_fn.loss_and_logits(
-                model, guide, x, y, likelihood_weight=len(y) * dist.world / len(index))
-            non_finite, stopping = dist.any(not torch.isfinite(loss).item(),
-                                            stop["signal"] is not None)
+            value, correct = train_step(model, guide, loss_fn, optimizer, x, y,
+                                        likelihood_weight=len(y) * dist.world / len(index))
+            non_finite, stopping = dist.any(not math.isfinite(value), stop["signal"] is not None)
             if non_finite:
                 raise FloatingPointError(
                     f"non-finite loss in epoch {epoch + 1}, step {step + 1} (global step "
                     f"{epoch * steps + step + 1}); the last good checkpoint is kept in {out}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            partial[0] += loss.item() * len(y)
-            partial[1] += (logits.argmax(-1) == y).sum().item()
+            partial[0] += value * len(y)
+            partial[1] += correct
             partial[2] += len(y)
             bar.set_postfix(loss=f"{partial[0] / partial[2]:.3f}",
                             acc=f"{partial[1] / partial[2]:.3f}")

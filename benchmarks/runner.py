@@ -1,0 +1,61 @@
+"""Resumable experiment runs for the benchmark drivers: train (or resume) a run folder, evaluate
+it, and write one JSON per run holding the ``evaluate`` output, the config and the wall times.
+
+A run whose JSON exists is skipped; a run folder that stopped mid-way is resumed, so a driver
+can be killed and restarted at any point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from pyro_implicit.inference import TrainConfig
+from pyro_implicit.inference.evaluate import evaluate_run
+from pyro_implicit.inference.train import CONFIG, METRICS, fit
+
+
+def finished_epochs(run: Path) -> int:
+    """Epochs completed by the run folder ``run`` (0 when it has none)."""
+    metrics = run / METRICS
+    if not metrics.is_file():
+        return 0
+    return len(json.loads(metrics.read_text())["history"])
+
+
+def run_and_evaluate(name: str, config: TrainConfig, runs: Path, results: Path,
+                     evaluations: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Train ``config`` into ``runs/name`` and write ``results/name[.suffix].json`` for each
+    entry ``suffix -> evaluate_run kwargs`` of ``evaluations`` (default: one plain entry)."""
+    evaluations = evaluations or {"": {}}
+    out = {}
+    run = runs / name
+    pending = {s: kw for s, kw in evaluations.items()
+               if not (results / f"{name}{s}.json").is_file()}
+    for suffix in set(evaluations) - set(pending):
+        out[suffix] = json.loads((results / f"{name}{suffix}.json").read_text())
+    if not pending:
+        return out
+    t0 = time.perf_counter()
+    if finished_epochs(run) < config.epochs:
+        fit(None if (run / CONFIG).is_file() else config, run,
+            resume=(run / CONFIG).is_file(), progress=False)
+    train_wall = time.perf_counter() - t0
+    history = json.loads((run / METRICS).read_text())["history"]
+    for suffix, kwargs in pending.items():
+        t1 = time.perf_counter()
+        result = evaluate_run(run, progress=False, **kwargs)
+        result.update(name=name, config=dataclasses.asdict(config), history=history,
+                      train_seconds=sum(h["seconds"] for h in history),
+                      train_wall_this_session=train_wall,
+                      eval_wall=time.perf_counter() - t1)
+        results.mkdir(parents=True, exist_ok=True)
+        tmp = results / f".{name}{suffix}.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(results / f"{name}{suffix}.json")
+        out[suffix] = result
+        print(f"{name}{suffix}: " + ", ".join(
+            f"x{n} {100 * m['error']:.2f}%" for n, m in result["samples"].items()), flush=True)
+    return out

@@ -1,0 +1,179 @@
+"""Training-step speed: plain MAP vs hypernet through Pyro vs the same hypernet in bare PyTorch.
+
+Variants, each with its own network and optimiser, run interleaved step by step in one process
+(so drifts in machine load hit all alike), warm-up steps excluded, median over ``--steps``:
+  (a) plain   - ``map`` as ``pyro-implicit train`` runs it (:func:`train_step`),
+  (b) hypernet - ``hypernet`` (all-in-one, N(0, 1), z = h = 16) exactly as train runs it,
+  (c) bare    - the same hypernet step without Pyro: z drawn with torch, kernels from the
+                hypernetworks, ``functional_call``, cross-entropy + weight decay, same optimiser.
+Peak RSS of each variant is measured in a subprocess of its own (a few steps, ru_maxrss).
+
+Usage: python benchmarks/speed.py [--device cuda] [--json FILE] [--nets wrn-16-2,wrn-28-10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from pyro_implicit.inference import TrainConfig
+from pyro_implicit.inference.methods import build
+from pyro_implicit.inference.train import make_loss, make_optimizer, train_step
+from pyro_implicit.objective import squared_norm, unique_parameters
+
+VARIANTS = ("plain", "hypernet", "bare")
+CPU_BATCH = {"wrn-16-2": 128, "wrn-28-10": 32}
+GPU_BATCH = {"wrn-16-2": 128, "wrn-28-10": 128}
+
+
+class Variant:
+    """One benchmarked training step with its own model, guide and optimiser."""
+
+    def __init__(self, kind: str, net: str, device: str, batch: int, channels_last: bool):
+        method = "map" if kind == "plain" else "hypernet"
+        self.config = TrainConfig(model=net, method=method, device=device)
+        torch.manual_seed(0)
+        self.model, self.guide = build(self.config, 10, 3, 50_000)
+        self.model.to(device).train()
+        self.guide.to(device).train()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.config, self.model, self.guide)
+        self.loss = make_loss(self.config)
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
+        if channels_last:
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.y = torch.randint(0, 10, (batch,), generator=g).to(device)
+        self.step = self._bare if kind == "bare" else self._train
+        if kind == "bare":  # plain torch objects, looked up once: no Pyro in the loop
+            self.net, self.hypernet = self.model.net, self.guide.hypernet
+            self.layer_group = self.guide.layer_group
+            self.names = list(self.guide.site_names)
+            self.params = unique_parameters(self.model, self.guide)
+            self.z_shape = self.guide.latent_shape
+
+    def _train(self) -> None:
+        train_step(self.model, self.guide, self.loss, self.optimizer, self.x, self.y)
+
+    def _bare(self) -> None:
+        z = torch.randn(self.z_shape, device=self.x.device)
+        kernels = dict(zip(self.names, self.hypernet(z[self.layer_group]), strict=True))
+        logits = functional_call(self.net, kernels, (self.x,), strict=False, tie_weights=False)
+        loss = F.cross_entropy(logits, self.y)
+        loss = loss + 0.5 * self.config.weight_decay * squared_norm(self.params)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        loss.item(), (logits.argmax(-1) == self.y).sum().item()  # train_step's two reads
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_net(net: str, device: str, batch: int, steps: int, warmup: int,
+             channels_last: bool, autocast: bool) -> dict:
+    """Median step seconds of the three variants, interleaved."""
+    variants = {k: Variant(k, net, device, batch, channels_last) for k in VARIANTS}
+    times: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if autocast
+           else torch.autocast("cpu", enabled=False))
+    with ctx:
+        for i in range(warmup + steps):
+            for kind, variant in variants.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                variant.step()
+                _sync(device)
+                if i >= warmup:
+                    times[kind].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"batch": batch, "steps": steps, "plain_s": med["plain"],
+            "hypernet_s": med["hypernet"], "bare_s": med["bare"],
+            "hypernet_over_plain": med["hypernet"] / med["plain"],
+            "pyro_over_bare": med["hypernet"] / med["bare"],
+            "times_s": times}
+
+
+def peak_rss(net: str, kind: str, device: str, batch: int, steps: int) -> float:
+    """Peak RSS (MB) of a fresh process building ``kind`` and running ``steps`` steps."""
+    code = (f"import sys, resource; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"from speed import Variant; v = Variant({kind!r}, {net!r}, {device!r}, {batch}, "
+            f"False)\nfor _ in range({steps}): v.step()\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    return int(out.split()[-1]) / 1024
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--nets", default="wrn-16-2,wrn-28-10")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=int, default=None, help="override the per-net batch size")
+    p.add_argument("--rss-steps", type=int, default=2, help="steps per peak-RSS subprocess")
+    p.add_argument("--json", default=None, metavar="FILE")
+    args = p.parse_args()
+    if args.steps < 10:
+        p.error(f"--steps {args.steps}: the benchmark takes the median over at least 10 steps")
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available")
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    device_name = torch.cuda.get_device_name(args.device) if cuda else _cpu_name()
+    result = {"device": device_name, "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "nets": {}}
+    t_start = time.perf_counter()
+    for net in args.nets.split(","):
+        batch = args.batch or (GPU_BATCH if cuda else CPU_BATCH).get(net, 32)
+        row = time_net(net, args.device, batch, args.steps, args.warmup,
+                       channels_last=cuda, autocast=cuda)
+        if not cuda:
+            row["peak_rss_mb"] = {k: peak_rss(net, k, args.device, batch, args.rss_steps)
+                                  for k in VARIANTS}
+        else:
+            row["precision"], row["channels_last"] = "bf16 autocast", True
+        result["nets"][net] = row
+        print(_row(net, row), flush=True)
+    result["wall_s"] = time.perf_counter() - t_start
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def _row(net: str, r: dict) -> str:
+    rss = r.get("peak_rss_mb")
+    rss_text = "" if rss is None else "  peak RSS MB " + " / ".join(
+        f"{k} {v:.0f}" for k, v in rss.items())
+    return (f"{net} b{r['batch']}: plain {r['plain_s']:.3f}s  hypernet {r['hypernet_s']:.3f}s  "
+            f"bare {r['bare_s']:.3f}s  b/a {r['hypernet_over_plain']:.3f}  "
+            f"b/c {r['pyro_over_bare']:.3f}{rss_text}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} x{torch.get_num_threads()} threads"
+    except OSError:
+        pass
+    return "cpu"
+
+
+if __name__ == "__main__":
+    main()
