@@ -3,14 +3,23 @@
 Specs: ``digits`` (scikit-learn's 8x8 digits, built in), ``cifar10`` (torchvision; ``download``
 for users with internet), ``imagefolder:PATH`` (``PATH/train/<class>/*`` and
 ``PATH/test/<class>/*``, e.g. the shared CIFAR-10 tree).
+
+Augmentation (``ImageData.augment``): ``pad-crop`` (CIFAR style: random crop of the zero-padded
+image, optional flip) for small images; ``imagenet`` for large ones: training images are decoded
+resized to shorter side 256 and center-cropped to 256x256, then each batch gets a random-resized
+crop to 224 (scale (0.08, 1), ratio (3/4, 4/3)) and a flip; test images are decoded as the
+standard resize-256 + center-crop-224, and un-augmented training batches are center-cropped to
+224 the same way.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +27,16 @@ import torch
 
 DATA_CHOICES = "digits, cifar10, imagefolder:PATH"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+AUGMENT_CHOICES = ("auto", "pad-crop", "imagenet")
+AUTO_IMAGENET_ABOVE = 64  # "auto" picks imagenet for images whose shorter side exceeds this
+IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
+RRC_SCALE, RRC_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
 
 @dataclass
 class ImageData:
-    """Train and test images (uint8, N x C x H x W) with labels, classes and augmentation."""
+    """Train and test images (uint8, N x C x H x W) with labels, classes and augmentation
+    (``augment``: ``pad-crop`` uses ``pad``; ``imagenet`` random-resized-crops to 224)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -31,6 +45,7 @@ class ImageData:
     classes: list[str]
     pad: int  # random-crop padding
     flip: bool  # random horizontal flips
+    augment: str = "pad-crop"  # or "imagenet"
 
     @property
     def num_classes(self) -> int:
@@ -53,16 +68,33 @@ def check_data_spec(spec: str) -> str:
     raise ValueError(f"unknown data {spec!r}; choose one of: {DATA_CHOICES}")
 
 
+def check_augment(augment: str) -> str:
+    """Return ``augment`` if it is a valid choice, else raise a ValueError listing the choices."""
+    if augment in AUGMENT_CHOICES:
+        return augment
+    raise ValueError(f"unknown augment {augment!r}; choose one of: {', '.join(AUGMENT_CHOICES)}")
+
+
 def load_data(
     spec: str,
     train_subset: int | None = None,
     root: str | None = None,
     download: bool = False,
+    augment: str = "auto",
 ) -> ImageData:
-    """Load the dataset ``spec``; ``train_subset=K`` keeps the first K/C items of each class."""
+    """Load the dataset ``spec``; ``train_subset=K`` keeps the first K/C items of each class.
+
+    ``augment``: ``pad-crop``, ``imagenet`` (``imagefolder:`` data only) or ``auto``
+    (``imagenet`` for an image folder whose first training image has a shorter side above 64 px,
+    else ``pad-crop``).
+    """
     check_data_spec(spec)
+    check_augment(augment)
     if spec.startswith("imagefolder:"):
-        return _imagefolder(Path(spec.split(":", 1)[1]), train_subset)
+        return _imagefolder(Path(spec.split(":", 1)[1]), train_subset, augment)
+    if augment == "imagenet":
+        raise ValueError(f"augment 'imagenet' is for imagefolder: data with large images, not "
+                         f"{spec!r}; use 'pad-crop' or 'auto'")
     data = _digits() if spec == "digits" else _cifar10(root, download)
     if train_subset is not None:
         data.train_x, data.train_y = _balanced_subset(data.train_x, data.train_y, train_subset,
@@ -148,22 +180,41 @@ def _list_split(root: Path, split: str, classes: list[str] | None) -> dict[str, 
     return files
 
 
-def _decode(path: Path) -> torch.Tensor:
+def _decode(path: Path, crop: int | None = None) -> torch.Tensor:
+    """Decode to RGB uint8 C x H x W; with ``crop``, resized to shorter side 256 (bilinear,
+    antialiased, as torchvision's ``Resize(256)``) and center-cropped to ``crop`` x ``crop``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
+            img = img.convert("RGB")
+            if crop is not None:
+                from torchvision.transforms.v2 import functional as TF
+
+                img = TF.center_crop(TF.resize(img, [IMAGENET_RESIZE]), [crop])
+            array = np.asarray(img)
     except (OSError, UnidentifiedImageError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def _decode_all(files: dict[str, list[Path]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image, read from its header."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def _decode_all(files: dict[str, list[Path]],
+                crop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     paths = [p for c in files for p in files[c]]
     labels = torch.tensor([i for i, c in enumerate(files) for _ in files[c]], dtype=torch.long)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        images = list(pool.map(_decode, paths))
+        images = list(pool.map(partial(_decode, crop=crop), paths))
     shape = images[0].shape
     for path, img in zip(paths, images, strict=True):
         if img.shape != shape:
@@ -172,7 +223,7 @@ def _decode_all(files: dict[str, list[Path]]) -> tuple[torch.Tensor, torch.Tenso
     return torch.stack(images), labels
 
 
-def _imagefolder(root: Path, train_subset: int | None) -> ImageData:
+def _imagefolder(root: Path, train_subset: int | None, augment: str) -> ImageData:
     train_files = _list_split(root, "train", None)
     classes = list(train_files)
     test_files = _list_split(root, "test", classes)
@@ -183,6 +234,14 @@ def _imagefolder(root: Path, train_subset: int | None) -> ImageData:
                 raise ValueError(f"--train-subset {train_subset}: {root}/train/{c} has only "
                                  f"{len(paths)} images, {per_class} needed")
             train_files[c] = paths[:per_class]
+    if augment == "auto":
+        first = next(iter(train_files.values()))[0]
+        augment = "imagenet" if min(_image_size(first)) > AUTO_IMAGENET_ABOVE else "pad-crop"
+    if augment == "imagenet":
+        train_x, train_y = _decode_all(train_files, IMAGENET_RESIZE)
+        test_x, test_y = _decode_all(test_files, IMAGENET_CROP)
+        return ImageData(train_x, train_y, test_x, test_y, classes, pad=0, flip=True,
+                         augment="imagenet")
     train_x, train_y = _decode_all(train_files)
     test_x, test_y = _decode_all(test_files)
     if test_x.shape[1:] != train_x.shape[1:]:
@@ -192,25 +251,82 @@ def _imagefolder(root: Path, train_subset: int | None) -> ImageData:
                      flip=True)
 
 
+def random_resized_boxes(
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = RRC_SCALE,
+    ratio: tuple[float, float] = RRC_RATIO,
+) -> torch.Tensor:
+    """``n`` crop boxes (top, left, height, width) drawn as torchvision's ``RandomResizedCrop``:
+    the first of 10 tries (area fraction in ``scale``, log-uniform aspect in ``ratio``) that fits,
+    else the central crop clamped to ``ratio``; all tries of all images drawn at once."""
+    area = torch.empty(n, 10).uniform_(*scale, generator=generator) * (height * width)
+    log_ratio = torch.empty(n, 10).uniform_(math.log(ratio[0]), math.log(ratio[1]),
+                                             generator=generator)
+    aspect = log_ratio.exp()
+    w = (area * aspect).sqrt().round().long()
+    h = (area / aspect).sqrt().round().long()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.long().argmax(1, keepdim=True)  # index of the first try that fits
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    u = torch.rand(2, n, generator=generator)
+    top = (u[0] * (height - h + 1)).long()
+    left = (u[1] * (width - w + 1)).long()
+    if width / height < min(ratio):
+        fw, fh = width, round(width / min(ratio))
+    elif width / height > max(ratio):
+        fw, fh = round(height * max(ratio)), height
+    else:
+        fw, fh = width, height
+    fallback = ~fits.any(1)
+    h, w = h.masked_fill(fallback, fh), w.masked_fill(fallback, fw)
+    top = top.masked_fill(fallback, (height - fh) // 2)
+    left = left.masked_fill(fallback, (width - fw) // 2)
+    return torch.stack([top, left, h, w], 1)
+
+
+def random_resized_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image of the batch ``x`` cropped to its own random box and resized to ``size`` x
+    ``size`` (bilinear, antialiased), as torchvision's ``RandomResizedCrop``."""
+    from torchvision.transforms.v2 import functional as TF
+
+    boxes = random_resized_boxes(x.shape[0], x.shape[-2], x.shape[-1], generator).tolist()
+    return torch.stack([TF.resized_crop(img, *box, [size, size], antialias=True)
+                        for img, box in zip(x, boxes, strict=True)])
+
+
 class Normalizer:
-    """uint8 batches -> normalised float batches, with optional pad-crop and flip augmentation."""
+    """uint8 batches -> normalised float batches, with optional augmentation: ``pad-crop``
+    (pad-crop with ``pad``, flip) or ``imagenet`` (random-resized-crop to 224, flip; un-augmented
+    batches are center-cropped to 224)."""
 
     def __init__(self, mean: list[float], std: list[float], pad: int = 0, flip: bool = False,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", augment: str = "pad-crop"):
+        if augment not in ("pad-crop", "imagenet"):
+            raise ValueError(f"unknown augment {augment!r}; choose one of: pad-crop, imagenet")
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.pad, self.flip, self.device = pad, flip, torch.device(device)
+        self.mode = augment
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalise ``x``; augment when a ``generator`` is given (training batches)."""
         x = x.to(self.device)
         if generator is not None:
             x = self.augment(x, generator)
+        elif self.mode == "imagenet" and x.shape[-2:] != (IMAGENET_CROP, IMAGENET_CROP):
+            from torchvision.transforms.v2 import functional as TF
+
+            x = TF.center_crop(x, [IMAGENET_CROP])
         return (x.float() - self.mean) / self.std
 
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, _, h, w = x.shape
-        if self.pad:
+        if self.mode == "imagenet":
+            x = random_resized_crop(x, IMAGENET_CROP, generator)
+        elif self.pad:
             padded = torch.nn.functional.pad(x, (self.pad,) * 4)
             off = torch.randint(0, 2 * self.pad + 1, (2, b), generator=generator).to(x.device)
             rows = (off[0, :, None] + torch.arange(h, device=x.device))[:, :, None]

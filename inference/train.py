@@ -74,7 +74,7 @@ def prepare(config: TrainConfig, data: ImageData | None = None) -> Run:
     model.to(config.device)
     guide.to(config.device)
     mean, std = data.channel_stats()
-    normalizer = Normalizer(mean, std, data.pad, data.flip, config.device)
+    normalizer = Normalizer(mean, std, data.pad, data.flip, config.device, augment=data.augment)
     return Run(config, data, model, guide, normalizer)
 
 
