@@ -18,12 +18,14 @@ def _draws(guide, count):
 
 @pytest.mark.parametrize("form", ["parallelizing", "widening"])
 @pytest.mark.parametrize("strategy", ["all-in-one", "block-wise", "layer-wise"])
-def test_one_draw_is_the_single_sample_network(form, strategy):
-    model, guide = tiny_model(strategy)
+@pytest.mark.parametrize("network", ["wrn-10-1", "resnext-11-2x4d", "pyramidnet-20-24",
+                                     "resnet-14-w8"])
+def test_one_draw_is_the_single_sample_network(network, form, strategy):
+    model, guide = tiny_model(strategy, name=network)
     x, _ = tiny_batch()
     with torch.no_grad():
         for bn in model.net.modules():  # non-trivial statistics, copied into the assembly
-            if isinstance(bn, torch.nn.BatchNorm2d):
+            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
                 bn.running_mean.uniform_(-0.5, 0.5)
                 bn.running_var.uniform_(0.5, 2)
         _, weights = _draws(guide, 1)
