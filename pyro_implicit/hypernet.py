@@ -2,7 +2,10 @@
 
 All hidden layers are stored as one (L, h_dim, z_dim) tensor and applied with a single batched
 matmul; all output layers are one (sum of kernel sizes, h_dim) tensor split into per-layer
-views, so the optimiser sees two large tensors instead of 2L small ones.
+views, so the optimiser sees two large tensors instead of 2L small ones. The output layers hold
+h_dim x the generated weights (2.3 GB for WRN-28-10), so their backward writes each layer's
+gradient straight into one tensor (:class:`_Generate`): autograd's own split backward would
+materialise it twice.
 """
 
 from __future__ import annotations
@@ -12,6 +15,33 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+
+class _Generate(torch.autograd.Function):
+    """Kernels w_l = W_l h_l for all layers; W_l are row blocks of one (sum sizes, h) tensor."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, hidden: torch.Tensor, sizes: list[int]):
+        ctx.save_for_backward(output, hidden)
+        ctx.sizes = sizes
+        return tuple(w @ h for w, h in zip(output.split(sizes), hidden, strict=True))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads: torch.Tensor):
+        output, hidden = ctx.saved_tensors
+        need_output, need_hidden, _ = ctx.needs_input_grad
+        grad_output = torch.empty_like(output) if need_output else None
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        start = 0
+        for i, (size, g) in enumerate(zip(ctx.sizes, grads, strict=True)):
+            rows = slice(start, start + size)
+            if need_output:  # the outer product g h^T, written in place
+                torch.mul(g.unsqueeze(1), hidden[i].unsqueeze(0), out=grad_output[rows])
+            if need_hidden:
+                torch.mv(output[rows].t(), g, out=grad_hidden[i])
+            start += size
+        return grad_output, grad_hidden, None
 
 
 class HyperNetworks(nn.Module):
@@ -47,9 +77,8 @@ class HyperNetworks(nn.Module):
                 f"expected z of shape {(len(self.shapes), self.z_dim)}, got {tuple(z.shape)}"
             )
         hidden = torch.relu(torch.bmm(self.hidden, z.unsqueeze(-1)).squeeze(-1))  # (L, h_dim)
-        outputs = self.output.split(self.sizes)
-        return [(w @ h).view(shape)
-                for w, h, shape in zip(outputs, hidden, self.shapes, strict=True)]
+        kernels = _Generate.apply(self.output, hidden, self.sizes)
+        return [w.view(shape) for w, shape in zip(kernels, self.shapes, strict=True)]
 
     def extra_repr(self) -> str:
         return f"layers={len(self.shapes)}, z_dim={self.z_dim}, h_dim={self.h_dim}"
