@@ -19,9 +19,10 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_implicit import classification_metrics, freeze_posterior, predict_probs, recalibrate_bn
+from pyro_implicit import classification_metrics, eval_mode, freeze_posterior, recalibrate_bn
 from pyro_implicit.forms import assemble, check_form, draws_needed
 from pyro_implicit.model import batchnorm_layers
+from pyro_implicit.posterior import sample_logits
 
 from .data import ImageData, load_data
 from .distributed import SINGLE, Dist, setup
@@ -42,23 +43,28 @@ def parse_samples(text: str) -> list[int]:
     return values
 
 
+@torch.no_grad()
 def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int | None = None,
-                 chunk_size: int | None = None, batch_size: int = 128,
-                 progress: bool | None = None, dist: Dist = SINGLE) -> torch.Tensor:
+                 batch_size: int = 128, progress: bool | None = None,
+                 dist: Dist = SINGLE) -> torch.Tensor:
     """Class probabilities of ``num_draws`` posterior samples on ``test_x``: (draws, n, C).
 
-    A point estimate (no latent) is recalibrated and evaluated once and repeated. Under
-    torchrun the recalibration passes and the test batches are shared among the ranks.
+    Sample by sample (its kernels generated once), batch by batch. A point estimate (no
+    latent) is recalibrated and evaluated once and repeated. Under torchrun the recalibration
+    passes and the test batches are shared among the ranks.
     """
     unique = 1 if math.prod(run.guide.latent_shape) == 0 else num_draws  # nothing latent
     posterior = freeze_posterior(run.model, run.guide, unique, run.train_inputs, bn_batches,
                                  progress=progress, distributed=dist.active)
     probs = torch.zeros(unique, len(test_x), run.data.num_classes, dtype=torch.float64)
     starts = range(dist.rank * batch_size, len(test_x), dist.world * batch_size)
-    for start in tqdm(starts, desc="evaluate", leave=False,
+    inputs = [(start, run.normalizer(test_x[start:start + batch_size])) for start in starts]
+    with eval_mode(run.model):
+        for i in tqdm(range(unique), desc="evaluate", leave=False,
                       disable=not dist.is_main or (None if progress is None else not progress)):
-        x = run.normalizer(test_x[start:start + batch_size])
-        probs[:, start:start + len(x)] = predict_probs(run.model, posterior, x, chunk_size).cpu()
+            for start, x in inputs:
+                logits = sample_logits(run.model, posterior, i, x)
+                probs[i, start:start + len(x)] = logits.softmax(-1).cpu()
     if dist.active:
         torch.distributed.all_reduce(probs)
     return probs.float().expand(num_draws, -1, -1)
@@ -84,8 +90,8 @@ def form_probs(run: Run, test_x: torch.Tensor, n: int, form: str, bn_batches: in
 
 
 def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageData | None = None,
-             bn_batches: int | None = None, chunk_size: int | None = None, seed: int = 0,
-             progress: bool | None = None, dist: Dist = SINGLE, form: str = "branching") -> dict:
+             bn_batches: int | None = None, seed: int = 0, progress: bool | None = None,
+             dist: Dist = SINGLE, form: str = "branching") -> dict:
     """Metrics of N-sample averages in ``form`` on the test split of ``test`` (default: the
     run's data)."""
     check_form(form)
@@ -96,8 +102,7 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()
     num_draws = max(max(samples), X1_DRAWS) if form == "branching" else X1_DRAWS
-    probs = sample_probs(run, test.test_x, num_draws, bn_batches, chunk_size,
-                         progress=progress, dist=dist)
+    probs = sample_probs(run, test.test_x, num_draws, bn_batches, progress=progress, dist=dist)
     labels = test.test_y
     per_draw = [classification_metrics(p, labels) for p in probs[:X1_DRAWS]]
     results = {}
@@ -123,8 +128,8 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
 
 
 def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: str | None = None,
-                 bn_batches: int | None = None, chunk_size: int | None = None, seed: int = 0,
-                 progress: bool | None = None, form: str = "branching") -> dict:
+                 bn_batches: int | None = None, seed: int = 0, progress: bool | None = None,
+                 form: str = "branching") -> dict:
     """Load the run folder ``path`` and evaluate it (on ``data``'s test split when given)."""
     from .config import TrainConfig
     from .train import CONFIG
@@ -136,7 +141,7 @@ def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: st
     test = None
     if data is not None:
         test = load_data(data, None, run.config.data_root, run.config.download)
-    result = evaluate(run, samples, test, bn_batches, chunk_size, seed, progress, dist, form)
+    result = evaluate(run, samples, test, bn_batches, seed, progress, dist, form)
     result["run"] = str(path)
     result["data"] = data or run.config.data
     return result

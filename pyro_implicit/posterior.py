@@ -1,34 +1,33 @@
-"""Frozen posterior samples for Bayesian model averaging through ``pyro.infer.Predictive``.
+"""Frozen posterior samples for Bayesian model averaging with Pyro.
 
 A :class:`FrozenPosterior` keeps N latent draws (the z of each weight sample, not the weights)
 and the BatchNorm statistics recalibrated for each. As a guide it emits, call after call and
 cyclically, sample i's weights g(z_i; theta) and BN statistics, so
 ``Predictive(model, guide=frozen, num_samples=len(frozen))`` visits every sample exactly once
-(Predictive's shape-probing calls only shift where the cycle starts; the guide logs the order
-it emitted, so per-sample outputs can be put back in sample order). :func:`predict_probs` and
-:func:`model_average` chunk the samples so that peak
-memory is bounded by ``chunk_size`` weight sets, whatever N is, and run the model in eval mode
-so that the network's own running statistics are never touched.
+(Predictive's two shape-probing calls only shift where the cycle starts).
+
+:func:`predict_probs` and :func:`model_average` do what Predictive does for each sample —
+trace the frozen guide, replay the model on it (``poutine.replay``) and read the ``logits``
+site — without Predictive's two extra probing forwards per call and without stacking N weight
+sets: one weight set exists at a time, generated once per sample however many batches it
+sees, and the model runs in eval mode so its own running statistics are never touched.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
-from pyro.infer import Predictive
 from pyro.nn import PyroModule
 from torch import nn
 from tqdm.auto import tqdm
 
 from .batchnorm import recalibrate_bn
 from .model import BayesianNetwork, batchnorm_layers
-
-DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
 @contextlib.contextmanager
@@ -59,8 +58,7 @@ class FrozenPosterior(PyroModule):
         self.latents = latents
         self.bn_stats = dict(bn_stats)
         self._next = 0
-        # indices of the last len(self) samples emitted, in emission order
-        self.emitted: collections.deque[int] = collections.deque(maxlen=latents.shape[0])
+        self._cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
 
     @property
     def guide(self) -> PyroModule:
@@ -75,20 +73,30 @@ class FrozenPosterior(PyroModule):
                                {k: v[start:stop] for k, v in self.bn_stats.items()})
 
     def sample_weights(self, index: int) -> dict[str, torch.Tensor]:
-        """Generated kernels and BN statistics of sample ``index``, keyed by model site name."""
-        tensors = dict(self.guide.weights(self.latents[index]))
-        tensors.update({k: v[index] for k, v in self.bn_stats.items()})
-        return tensors
+        """Generated kernels and BN statistics of sample ``index``, keyed by model site name.
 
-    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        index, self._next = self._next, (self._next + 1) % len(self)
-        self.emitted.append(index)
+        The last sample's kernels are kept (until theta changes), so evaluating one sample on
+        many batches generates them once.
+        """
+        key = (index, *(p._version for p in self.guide.parameters()))
+        if self._cache is None or self._cache[0] != key:
+            tensors = dict(self.guide.weights(self.latents[index]))
+            tensors.update({k: v[index] for k, v in self.bn_stats.items()})
+            self._cache = (key, tensors)
+        return dict(self._cache[1])
+
+    def emit(self, index: int) -> dict[str, torch.Tensor]:
+        """The guide's sample statements for sample ``index`` (z, kernels, BN statistics)."""
         z = self.latents[index]
         pyro.sample("z", dist.Delta(z, event_dim=z.dim()), infer={"is_auxiliary": True})
         tensors = self.sample_weights(index)
         for name, value in tensors.items():
             pyro.sample(name, dist.Delta(value, event_dim=value.dim()))
         return tensors
+
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        index, self._next = self._next, (self._next + 1) % len(self)
+        return self.emit(index)
 
 
 @torch.no_grad()
@@ -133,48 +141,34 @@ def freeze_posterior(
     return FrozenPosterior(guide, latents, bn_stats)
 
 
-def default_chunk_size(model: BayesianNetwork, max_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    """How many weight sets fit in ``max_bytes`` (at least one)."""
-    per_sample = 4 * sum(site.numel for site in model.sites)
-    return max(1, max_bytes // max(per_sample, 1))
+@torch.no_grad()
+def sample_logits(model: BayesianNetwork, posterior: FrozenPosterior, index: int,
+                  x: torch.Tensor) -> torch.Tensor:
+    """Logits of frozen sample ``index`` on ``x``: the model replayed on the guide's trace.
+
+    Call it with the model in eval mode (see :func:`eval_mode`), as :func:`predict_probs` does.
+    """
+    guide_trace = poutine.trace(posterior.emit).get_trace(index)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    return model_trace.nodes["logits"]["value"]
 
 
 @torch.no_grad()
-def predict_probs(
-    model: BayesianNetwork,
-    posterior: FrozenPosterior,
-    x: torch.Tensor,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """Per-sample class probabilities, shape (N, batch, classes), via ``Predictive`` in chunks."""
-    return torch.cat(list(_chunked_probs(model, posterior, x, chunk_size)))
+def predict_probs(model: BayesianNetwork, posterior: FrozenPosterior,
+                  x: torch.Tensor) -> torch.Tensor:
+    """Per-sample class probabilities, shape (N, batch, classes)."""
+    with eval_mode(model):
+        return torch.stack([sample_logits(model, posterior, i, x).softmax(-1)
+                            for i in range(len(posterior))])
 
 
 @torch.no_grad()
-def model_average(
-    model: BayesianNetwork,
-    posterior: FrozenPosterior,
-    x: torch.Tensor,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
+def model_average(model: BayesianNetwork, posterior: FrozenPosterior,
+                  x: torch.Tensor) -> torch.Tensor:
     """Bayesian model average (1/N) sum_n softmax(F(x; w_n)), streaming over the samples."""
     total = None
-    for probs in _chunked_probs(model, posterior, x, chunk_size):
-        part = probs.sum(0)
-        total = part if total is None else total + part
-    return total / len(posterior)
-
-
-def _chunked_probs(model, posterior, x, chunk_size) -> Iterator[torch.Tensor]:
-    chunk = default_chunk_size(model) if chunk_size is None else chunk_size
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk}")
     with eval_mode(model):
-        for start in range(0, len(posterior), chunk):
-            part = posterior.subset(start, min(start + chunk, len(posterior)))
-            predictive = Predictive(model, guide=part, num_samples=len(part),
-                                    return_sites=["logits"])
-            logits = predictive(x)["logits"]  # (n, 1, batch, classes): Predictive adds plate dims
-            # Predictive's sequential pass is the guide's last n calls: undo the rotation
-            order = torch.tensor(list(part.emitted)).argsort()
-            yield logits.reshape(len(part), x.shape[0], -1)[order].softmax(-1)
+        for i in range(len(posterior)):
+            probs = sample_logits(model, posterior, i, x).softmax(-1)
+            total = probs if total is None else total + probs
+    return total / len(posterior)
