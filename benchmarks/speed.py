@@ -7,6 +7,8 @@ Variants, each with its own network and optimiser, run interleaved step by step 
   (c) bare    - the same hypernet step without Pyro: z drawn with torch, kernels from the
                 hypernetworks, ``functional_call``, cross-entropy + weight decay, same optimiser.
 Peak RSS of each variant is measured in a subprocess of its own (a few steps, ru_maxrss).
+Averaging: N = 16 frozen samples evaluated as ``evaluate`` does (model replayed per sample,
+sample-outer loop) against 16 x one plain network (``materialize``) on the same two batches.
 
 Usage: python benchmarks/speed.py [--device cuda] [--json FILE] [--nets wrn-16-2,wrn-28-10]
 """
@@ -25,10 +27,12 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from pyro_implicit import eval_mode, freeze_posterior
 from pyro_implicit.inference import TrainConfig
 from pyro_implicit.inference.methods import build
 from pyro_implicit.inference.train import make_loss, make_optimizer, train_step
 from pyro_implicit.objective import squared_norm, unique_parameters
+from pyro_implicit.posterior import sample_logits
 
 VARIANTS = ("plain", "hypernet", "bare")
 CPU_BATCH = {"wrn-16-2": 128, "wrn-28-10": 32}
@@ -106,6 +110,42 @@ def time_net(net: str, device: str, batch: int, steps: int, warmup: int,
             "times_s": times}
 
 
+@torch.no_grad()
+def time_averaging(net: str, device: str, batch: int, n: int = 16, repeats: int = 3) -> dict:
+    """Seconds for N-sample averaging vs N x one plain network, on two test batches."""
+    variant = Variant("hypernet", net, device, batch, channels_last=False)
+    model, guide = variant.model, variant.guide
+    frozen = freeze_posterior(model, guide, n)
+    inputs = [variant.x, variant.x.flip(0)]
+    plain = model.materialize(frozen.sample_weights(0)).eval()
+
+    def single() -> None:
+        for x in inputs:
+            plain(x).softmax(-1)
+
+    def averaged() -> None:
+        with eval_mode(model):
+            for i in range(n):
+                for x in inputs:
+                    sample_logits(model, frozen, i, x).softmax(-1)
+
+    single()  # warm-up
+    singles = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        single()
+        _sync(device)
+        singles.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    averaged()
+    _sync(device)
+    x_n = time.perf_counter() - t0
+    one = statistics.median(singles)
+    return {"n": n, "images": sum(len(x) for x in inputs), "single_s": one, "xn_s": x_n,
+            "xn_over_n_single": x_n / (n * one)}
+
+
 def peak_rss(net: str, kind: str, device: str, batch: int, steps: int) -> float:
     """Peak RSS (MB) of a fresh process building ``kind`` and running ``steps`` steps."""
     code = (f"import sys, resource; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
@@ -142,6 +182,7 @@ def main() -> None:
         batch = args.batch or (GPU_BATCH if cuda else CPU_BATCH).get(net, 32)
         row = time_net(net, args.device, batch, args.steps, args.warmup,
                        channels_last=cuda, autocast=cuda)
+        row["averaging"] = time_averaging(net, args.device, batch)
         if not cuda:
             row["peak_rss_mb"] = {k: peak_rss(net, k, args.device, batch, args.rss_steps)
                                   for k in VARIANTS}
@@ -160,9 +201,11 @@ def _row(net: str, r: dict) -> str:
     rss = r.get("peak_rss_mb")
     rss_text = "" if rss is None else "  peak RSS MB " + " / ".join(
         f"{k} {v:.0f}" for k, v in rss.items())
+    avg = r["averaging"]
     return (f"{net} b{r['batch']}: plain {r['plain_s']:.3f}s  hypernet {r['hypernet_s']:.3f}s  "
             f"bare {r['bare_s']:.3f}s  b/a {r['hypernet_over_plain']:.3f}  "
-            f"b/c {r['pyro_over_bare']:.3f}{rss_text}")
+            f"b/c {r['pyro_over_bare']:.3f}  x{avg['n']}/({avg['n']} x single) "
+            f"{avg['xn_over_n_single']:.3f}{rss_text}")
 
 
 def _cpu_name() -> str:
