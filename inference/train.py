@@ -35,11 +35,13 @@ from pyro_implicit.objective import unique_parameters
 
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from .config import TrainConfig
-from .data import ImageData, Normalizer, batches, load_data
+from .data import ImageData, Normalizer, load_data, to_device
 from .distributed import Dist, convert_sync_batchnorm, setup
+from .folders import is_lazy, train_batches, uint8_batches
 from .methods import METHODS, build
 
 CONFIG, METRICS = "config.json", "metrics.json"
+SYNC_EVERY = 50  # steps between reads of the loss sums (the only host-device syncs of a step)
 
 
 class TrainingInterrupted(Exception):
@@ -58,7 +60,10 @@ class Run:
 
     def train_inputs(self, batch_size: int | None = None):
         """Training images normalised, augmentation off (for BN recalibration)."""
-        for x in batches(self.data.train_x, None, batch_size or self.config.batch_size):
+        size, n = batch_size or self.config.batch_size, len(self.data.train_y)
+        cuda = torch.device(self.config.device).type == "cuda"
+        for x in uint8_batches(self.data.train_x, range(0, n, size), size, self.config.workers,
+                               pin=cuda):
             yield self.normalizer(x)
 
 
@@ -73,6 +78,10 @@ def prepare(config: TrainConfig, data: ImageData | None = None) -> Run:
         convert_sync_batchnorm(model.net)
     model.to(config.device)
     guide.to(config.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if torch.device(config.device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
     mean, std = data.channel_stats()
     normalizer = Normalizer(mean, std, data.pad, data.flip, config.device, augment=data.augment)
     return Run(config, data, model, guide, normalizer)
@@ -80,14 +89,23 @@ def prepare(config: TrainConfig, data: ImageData | None = None) -> Run:
 
 def make_optimizer(config: TrainConfig, model: PyroModule, guide: PyroModule
                    ) -> torch.optim.Optimizer:
-    """SGD (Nesterov) over the unique parameters of model and guide, fused where available."""
-    params = unique_parameters(model, guide)
+    """SGD (Nesterov) over the unique parameters of model and guide, fused where available.
+
+    The loss's Gaussian prior is applied here, as SGD weight decay on the parameters it covers
+    (the losses of :func:`make_loss` leave it out): the same gradient, without extra passes.
+    """
+    loss = make_loss(config)
+    decayed = loss.decayed_parameters(model, guide) if loss.weight_decay else []
+    ids = {id(p) for p in decayed}
+    rest = [p for p in unique_parameters(model, guide) if id(p) not in ids]
+    groups = [{"params": ps, "weight_decay": wd}
+              for ps, wd in ((decayed, loss.weight_decay), (rest, 0.0)) if ps]
     c = config
     kwargs = dict(lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0)
-    try:  # the prior is in the loss, so no weight_decay here
-        return torch.optim.SGD(params, fused=True, **kwargs)
+    try:
+        return torch.optim.SGD(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):
-        return torch.optim.SGD(params, foreach=True, **kwargs)
+        return torch.optim.SGD(groups, foreach=True, **kwargs)
 
 
 @contextlib.contextmanager
@@ -134,23 +152,32 @@ def _set_host_rng_states(rng: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
-def make_loss(config: TrainConfig):
-    """The training objective of ``config.method`` (a Pyro loss with ``loss_and_logits``)."""
-    return METHODS[config.method].loss(config)
+def make_loss(config: TrainConfig, epoch: int = 0):
+    """The training objective of ``config.method`` in epoch ``epoch`` (0-based; KL annealing
+    depends on it): a Pyro loss with ``loss_and_logits``, its Gaussian prior left to the
+    weight decay of :func:`make_optimizer`."""
+    loss = METHODS[config.method].loss(config, epoch)
+    loss.decay_in_optimizer = True  # see make_optimizer
+    return loss
 
 
 def train_step(model, guide, loss_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, likelihood_weight: float = 1.0) -> tuple[float, int]:
-    """One update on the mini-batch (x, y): returns the loss and the number classified right.
+               y: torch.Tensor, likelihood_weight: float = 1.0, precision: str = "fp32"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update on the mini-batch (x, y): returns the loss and the number classified right,
+    as tensors on the device (reading them would synchronise host and device: the loop reads
+    them every ``SYNC_EVERY`` steps). ``precision="bf16"`` runs the forward pass and the loss
+    under bfloat16 autocast.
 
     A non-finite loss is left to the caller to detect (it then stops before checkpointing).
     """
-    loss, logits = loss_fn.loss_and_logits(model, guide, x, y,
-                                           likelihood_weight=likelihood_weight)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, logits = loss_fn.loss_and_logits(model, guide, x, y,
+                                               likelihood_weight=likelihood_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item(), int((logits.argmax(-1) == y).sum().item())
+    return loss.detach(), (logits.argmax(-1) == y).sum()
 
 
 def _wrap(module: torch.nn.Module, config: TrainConfig, dist: Dist) -> torch.nn.Module:
@@ -171,6 +198,9 @@ def fit(config: TrainConfig | None, out: Path, resume: bool = False,
     elif (out / CONFIG).exists():
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, "
                               "or choose another --out")
+    own_fit = METHODS[config.validate().method].fit
+    if own_fit is not None:  # e.g. an ensemble: one ordinary run per member
+        return own_fit(config, out, resume, progress, data)
     dist = setup(config.validate().device)
     run = prepare(config, data)
     optimizer = make_optimizer(run.config, run.model, run.guide)
@@ -181,7 +211,9 @@ def fit(config: TrainConfig | None, out: Path, resume: bool = False,
         _load_states(out, state, run, optimizer)
     if dist.active and config.per_rank_z:
         torch.manual_seed(config.seed * 100_003 + dist.rank)  # own z (and dropout) per rank
-    with _stop_requests() as stop:
+    # Pyro's argument checks read tensors back (a host-device sync per distribution) and would
+    # trip over a NaN before the loop reports it: off while training
+    with _stop_requests() as stop, pyro.validation_enabled(False):
         _loop(run, optimizer, state, dist, stop, out,
               show=dist.is_main and (progress is None or progress))
     return run
@@ -191,9 +223,10 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
           show: bool) -> None:
     config = run.config
     model, guide = _wrap(run.model, config, dist), _wrap(run.guide, config, dist)
-    loss_fn = make_loss(config)
     data_gen = torch.Generator().manual_seed(config.seed)
-    x_all, y_all = run.data.train_x, run.data.train_y
+    lazy, cuda = is_lazy(run.data.train_x), torch.device(config.device).type == "cuda"
+    x_all = run.data.train_x if lazy else _resident(run.data.train_x, config.device)
+    y_all = run.data.train_y.to(config.device)
     steps = -(-len(y_all) // config.batch_size)
     last = len(y_all) - (steps - 1) * config.batch_size
     if dist.active and min(config.batch_size, last) < dist.world:
@@ -230,33 +263,48 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
 
     while epoch < config.epochs:
         lr = config.lr_at(epoch)
+        loss_fn = make_loss(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         run.model.train()
         run.guide.train()
         if order is None:
             order = torch.randperm(len(y_all), generator=data_gen)
+        order_dev = to_device(order, config.device)  # the only copies: once per epoch
+        order_x = order if lazy or x_all.device.type == "cpu" else order_dev
+        if lazy:  # decoded and augmented by DataLoader workers, this rank's shard only
+            positions = [dist.shard(torch.arange(s * config.batch_size,
+                                                 min((s + 1) * config.batch_size, len(order))))
+                         for s in range(step, steps)]
+            images = train_batches(x_all, [order[p] for p in positions], positions, config.seed,
+                                   epoch, config.workers, pin=cuda)
+        pending: list = []  # (step, loss, correct, size) of steps not yet read back
         t0 = time.perf_counter() - partial[3]
         bar = tqdm(range(step, steps), initial=step, total=steps, leave=False,
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show or None,
                    dynamic_ncols=True)
         for step in bar:
-            index = order[step * config.batch_size:(step + 1) * config.batch_size]
-            x = run.normalizer(x_all[index], data_gen)  # the whole global batch, augmented
-            local = dist.shard(torch.arange(len(index)))
-            x, y = x[local], y_all[index][local].to(config.device)
-            value, correct = train_step(model, guide, loss_fn, optimizer, x, y,
-                                        likelihood_weight=len(y) * dist.world / len(index))
-            non_finite, stopping = dist.any(not math.isfinite(value), stop["signal"] is not None)
-            if non_finite:
-                raise FloatingPointError(
-                    f"non-finite loss in epoch {epoch + 1}, step {step + 1} (global step "
-                    f"{epoch * steps + step + 1}); the last good checkpoint is kept in {out}")
-            partial[0] += value * len(y)
-            partial[1] += correct
-            partial[2] += len(y)
-            bar.set_postfix(loss=f"{partial[0] / partial[2]:.3f}",
-                            acc=f"{partial[1] / partial[2]:.3f}")
+            lo, hi = step * config.batch_size, (step + 1) * config.batch_size
+            index, size = order_dev[lo:hi], len(order[lo:hi])
+            if lazy:
+                x = run.normalizer(next(images))
+            else:
+                x = run.normalizer(x_all[order_x[lo:hi]], data_gen)  # whole global batch
+            y = y_all[index]
+            if dist.active:  # this rank's shard
+                local = to_device(dist.shard(torch.arange(size)), config.device)
+                x, y = (x, y[local]) if lazy else (x[local], y[local])
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss, correct = train_step(model, guide, loss_fn, optimizer, x, y,
+                                       likelihood_weight=len(y) * dist.world / size,
+                                       precision=config.precision)
+            pending.append((step, loss, correct, len(y)))
+            stopping = dist.any(stop["signal"] is not None)[0]
+            if stopping or len(pending) >= SYNC_EVERY or step == steps - 1:
+                _flush(pending, partial, dist, epoch, steps, out)
+                bar.set_postfix(loss=f"{partial[0] / partial[2]:.3f}",
+                                acc=f"{partial[1] / partial[2]:.3f}")
             if stopping:
                 partial[3] = time.perf_counter() - t0
                 checkpoint(epoch, step + 1, order, partial)
@@ -279,6 +327,38 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
                 tqdm.write(f"epoch {record['epoch']}/{config.epochs}: loss {record['loss']:.4f} "
                            f"train error {record['train_error']:.4f} lr {lr:g} "
                            f"({record['seconds']:.1f}s)")
+
+
+def _resident(x: torch.Tensor, device: str) -> torch.Tensor:
+    """The in-memory training images on the training device when they fit in a quarter of
+    its free memory (then batches are cut, augmented and normalised there), else on the host."""
+    if torch.device(device).type != "cuda":
+        return x
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return x.to(device) if x.element_size() * x.nelement() <= free // 4 else x
+
+
+def _flush(pending: list, partial: list, dist: Dist, epoch: int, steps: int, out: Path) -> None:
+    """Read back the losses and correct counts of the ``pending`` steps (one host-device
+    sync for all of them); raise at the first non-finite loss of any rank, else add them to the
+    epoch's running sums ``partial`` in step order (as if read one step at a time)."""
+    losses, corrects = torch.stack([torch.stack([p[1] for p in pending]).double(),
+                                    torch.stack([p[2] for p in pending]).double()]).tolist()
+    bad = next((p[0] for p, v in zip(pending, losses, strict=True) if not math.isfinite(v)),
+               steps)
+    if dist.active:
+        first = torch.tensor([bad], dtype=torch.long)
+        torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        bad = int(first)
+    if bad < steps:
+        raise FloatingPointError(
+            f"non-finite loss in epoch {epoch + 1}, step {bad + 1} (global step "
+            f"{epoch * steps + bad + 1}); the last good checkpoint is kept in {out}")
+    for (_, _, _, size), value, correct in zip(pending, losses, corrects, strict=True):
+        partial[0] += value * size
+        partial[1] += int(correct)
+        partial[2] += size
+    pending.clear()
 
 
 def load_run(out: Path, data: ImageData | None = None) -> Run:

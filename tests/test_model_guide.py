@@ -144,3 +144,36 @@ def test_model_and_guide_errors():
         ImplicitGuide(model, strategy="blockwise")
     with pytest.raises(ValueError, match="no generated"):
         ImplicitGuide(BayesianNetwork(create_model("wrn-10-1"), 10, generated={}))
+
+
+@pytest.mark.parametrize("method", ["hypernet", "bbb"])
+def test_prior_in_the_optimizer_equals_prior_in_the_loss(method):
+    """train's SGD weight decay on the loss's decayed parameters = the prior term in the loss."""
+    import copy
+
+    from pyro_implicit.inference import TrainConfig
+    from pyro_implicit.inference.methods import build
+    from pyro_implicit.inference.train import make_loss, make_optimizer
+
+    config = TrainConfig(model="wrn-10-1", method=method, z_dim=4, h_dim=4, weight_decay=0.05)
+    x, y = tiny_batch(8, classes=5)
+    pyro.set_rng_seed(0)
+    model, guide = build(config, 5, 3, 64)
+    twins = copy.deepcopy((model, guide))
+    in_loss = make_loss(config)
+    in_loss.decay_in_optimizer = False
+    states = []
+    for (m, g), loss_fn, optimizer in (
+            (twins, in_loss, torch.optim.SGD([*dict.fromkeys([*twins[0].parameters(),
+                                                               *twins[1].parameters()])],
+                                             lr=0.1, momentum=0.9, nesterov=True)),
+            ((model, guide), make_loss(config), make_optimizer(config, model, guide))):
+        pyro.set_rng_seed(1)
+        for _ in range(3):
+            loss = loss_fn(m, g, x, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        states.append([p.detach().clone() for p in [*m.parameters(), *g.parameters()]])
+    for a, b in zip(*states, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
