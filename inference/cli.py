@@ -1,4 +1,4 @@
-"""The ``pyro-implicit`` command line: ``demo``, ``train``, ``evaluate``."""
+"""The ``pyro-implicit`` command line: ``demo``, ``train``, ``evaluate``, ``analyze``."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from pyro_implicit.models import model_help
 from pyro_implicit.priors import PRIOR_DESCRIPTIONS
 from pyro_implicit.strategies import STRATEGIES
 
-from .config import TrainConfig
+from .config import PRECISIONS, TrainConfig, default_device
 from .data import DATA_CHOICES
 from .distributed import teardown
 from .evaluate import evaluate, evaluate_run, format_table, parse_samples
-from .methods import METHODS
+from .methods import METHODS, add_method_args, method_options
+from .recipes import describe_recipes, resolve_config
 from .train import TrainingInterrupted, fit
 
 DEFAULTS = TrainConfig()
@@ -32,6 +33,16 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
     return value
 
 
@@ -56,8 +67,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         f"{name} {law}" for name, law in PRIOR_DESCRIPTIONS.items()))
     p.add_argument("--z-dim", type=_positive_int, default=DEFAULTS.z_dim)
     p.add_argument("--h-dim", type=_positive_int, default=DEFAULTS.h_dim)
-    p.add_argument("--drop-rate", type=float, default=DEFAULTS.drop_rate,
-                   help="dropout inside WideResNet blocks")
+    p.add_argument("--drop-rate", type=float, default=None,
+                   help="dropout inside WideResNet blocks (default 0; 0.3 for mc-dropout)")
     p.add_argument("--data", default=DEFAULTS.data, help=f"dataset: {DATA_CHOICES}")
     p.add_argument("--data-root", default=None, help="where torchvision datasets live")
     p.add_argument("--download", action="store_true", help="download torchvision datasets")
@@ -70,22 +81,66 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="Gaussian prior on theta and non-generated parameters (0 = MLE)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed,
                    help="fixes initialisation, data order, augmentation and z draws")
-    p.add_argument("--device", default=DEFAULTS.device, help="cpu or cuda[:N]")
+    p.add_argument("--device", default=None,
+                   help="cpu or cuda[:N] (default: cuda when available, else cpu)")
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics over the whole global batch")
     p.add_argument("--per-rank-z", action="store_true",
                    help="under torchrun: each rank draws its own z (default: one z per step)")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
+                   help="bf16: forward and loss under bfloat16 autocast (GPU: Ampere or newer)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for cuda, off for cpu)")
+    p.add_argument("--workers", type=_non_negative_int, default=DEFAULTS.workers,
+                   help="DataLoader workers decoding imagenet:PATH batches")
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help="a named paper experiment (pyro-implicit recipes lists them); any flag "
+                        "given explicitly overrides the recipe's value")
+    p.add_argument("--smoke", action="store_true",
+                   help="scale down to the tiny network of the same family on tiny data, 1 "
+                        "epoch: checks that a recipe runs")
+    add_method_args(p)
+
+
+_UNSET = object()
+
+
+def explicit_flags(argv: list[str] | None) -> set[str]:
+    """The train options the user typed (their dests), found by parsing the command line
+    again into a namespace prefilled with a sentinel: argparse sets only what it reads."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tail = argv[argv.index("train") + 1:] if "train" in argv else []
+    probe = argparse.ArgumentParser(add_help=False)
+    _add_train_args(probe)
+    namespace = argparse.Namespace(**dict.fromkeys(vars(probe.parse_args([])), _UNSET))
+    probe.parse_known_args(tail, namespace=namespace)
+    return {name for name, value in vars(namespace).items() if value is not _UNSET}
+
+
+def _flag_config(args: argparse.Namespace) -> TrainConfig:
+    """Every train flag's value (typed or default) as a TrainConfig, not yet validated."""
+    device = args.device or default_device()
+    channels_last = args.channels_last
+    if channels_last is None:
+        channels_last = device.startswith("cuda")
+    return TrainConfig(
+        precision=args.precision, channels_last=channels_last, workers=args.workers,
+        model=args.model, method=args.method, strategy=args.strategy, prior=args.prior,
+        z_dim=args.z_dim, h_dim=args.h_dim, data=args.data,
+        data_root=args.data_root, download=args.download, train_subset=args.train_subset,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, device=device,
+        sync_bn=args.sync_bn, per_rank_z=args.per_rank_z, **method_options(args),
+    )
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        model=args.model, method=args.method, strategy=args.strategy, prior=args.prior,
-        z_dim=args.z_dim, h_dim=args.h_dim, drop_rate=args.drop_rate, data=args.data,
-        data_root=args.data_root, download=args.download, train_subset=args.train_subset,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, device=args.device,
-        sync_bn=args.sync_bn, per_rank_z=args.per_rank_z,
-    ).validate()
+    """The run's configuration: the flags, or a recipe (and --smoke) overridden by the flags
+    given explicitly."""
+    flags = _flag_config(args)
+    if args.recipe is None and not args.smoke:
+        return flags.validate()
+    return resolve_config(flags, getattr(args, "explicit", set()), args.recipe, args.smoke)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -99,6 +154,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"run finished: {args.resume or args.out}")
 
 
+def cmd_recipes(args: argparse.Namespace) -> None:
+    print(describe_recipes())
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate_run(Path(args.run), args.samples, args.data, args.bn_batches,
                           seed=args.seed, form=args.form)
@@ -108,6 +167,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analyze import POSTERIOR, SUMMARY, analyze_runs  # imports ArviZ: only when asked
+
+    summary = analyze_runs(args.runs, args.out, draws=args.draws, pairs=args.pairs,
+                           predictive_draws=args.predictive_draws, weights=args.weight,
+                           bn_batches=args.bn_batches, test_subset=args.test_subset,
+                           seed=args.seed)
+    corr, faults = summary["correlation"], summary["fault_table"]
+    print(f"mean |r| within blocks {corr['within']}, across blocks {corr['across']} "
+          f"({corr['draws']} draws); {faults['models']}-model fault counts {faults['counts']}")
+    print(f"wrote {Path(args.out) / POSTERIOR} and {Path(args.out) / SUMMARY}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -158,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, metavar="RUN", help="continue this run folder")
     train.set_defaults(func=cmd_train)
 
+    rec = sub.add_parser("recipes", help="list the paper's experiments runnable as "
+                                         "train --recipe NAME")
+    rec.set_defaults(func=cmd_recipes)
+
     ev = sub.add_parser("evaluate", help="N-sample averaged error, NLL, ECE, Brier of a run")
     ev.add_argument("run", help="run folder")
     ev.add_argument("--samples", type=parse_samples, default=[1, 2, 4, 8, 16],
@@ -173,12 +249,35 @@ def build_parser() -> argparse.ArgumentParser:
                          "N copies of each residual block; N x the channels of each generated "
                          "layer)")
     ev.set_defaults(func=cmd_evaluate)
+
+    an = sub.add_parser("analyze", help="posterior analysis: weight correlations, diversity, "
+                                        "calibration, as ArviZ netCDF + summary.json")
+    an.add_argument("runs", nargs="+", metavar="RUN",
+                    help="run folder; several form an ensemble (one draw per run)")
+    an.add_argument("--out", required=True, metavar="DIR",
+                    help="writes DIR/posterior.nc (InferenceData) and DIR/summary.json")
+    an.add_argument("--draws", type=_positive_int, default=1000, metavar="S",
+                    help="posterior draws of the weights (default 1000, as the paper)")
+    an.add_argument("--pairs", type=_positive_int, default=1000, metavar="K",
+                    help="random weight pairs within blocks, and as many across (default 1000)")
+    an.add_argument("--predictive-draws", type=_positive_int, default=16, metavar="N",
+                    help="draws evaluated on the test set, BN recalibrated each (default 16)")
+    an.add_argument("--weight", action="append", default=[], metavar="SITE[i,j,..]",
+                    help="also record this weight, e.g. stage1.0.conv1.weight[0,0,1,1]")
+    an.add_argument("--bn-batches", type=_bn_batches, default=None,
+                    help="training batches for BN recalibration per draw (default: all)")
+    an.add_argument("--test-subset", type=_positive_int, default=None, metavar="K",
+                    help="K random test points instead of the whole test set")
+    an.add_argument("--seed", type=int, default=0, help="seed of the draws and pairs")
+    an.set_defaults(func=cmd_analyze)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train":
+        args.explicit = explicit_flags(argv)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:

@@ -32,6 +32,31 @@ def check_device(name: str) -> str:
     return name
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is available, else ``cpu`` (the default of ``--device``)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_precision(device: str, precision: str) -> str:
+    """Return ``precision`` if ``device`` can train in it, else raise a ValueError saying why.
+    ``bf16`` (autocast) works on CPU and on GPUs with bfloat16 support (Ampere or newer)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of: "
+                         f"{', '.join(PRECISIONS)}")
+    if (precision == "bf16" and torch.device(device).type == "cuda"
+            and not torch.cuda.is_bf16_supported()):
+        raise ValueError(f"--precision bf16 needs a GPU with bfloat16 support (Ampere or newer); "
+                         f"{torch.cuda.get_device_name(device)} has none: use --precision fp32")
+    return precision
+
+
 @dataclass
 class TrainConfig:
     """A training run. Defaults follow the paper's recipe (WideResNet's CIFAR schedule)."""
@@ -59,16 +84,30 @@ class TrainConfig:
     device: str = "cpu"
     sync_bn: bool = False
     per_rank_z: bool = False
+    precision: str = "fp32"  # the GPU path: bf16 autocast, channels_last, loader workers
+    channels_last: bool = False
+    workers: int = 8  # DataLoader workers of lazy (imagenet:PATH) data
+    recipe: str | None = None  # the --recipe this run came from (see .recipes), and --smoke
+    smoke: bool = False
+    members: int = 4  # the method knobs below: see methods.add_method_args
+    member_method: str = "map"
+    bbb_sites: str = "residual"
+    init_scale: float = 0.01
+    local_reparam: bool = False
+    kl_anneal: int = 0
+    temperature: float = 1.0
+    flow_layers: int = 4
+    flow_hidden: int = 64
     format: int = CONFIG_FORMAT
 
     def validate(self) -> TrainConfig:
         """Raise a ValueError naming the first bad value and the valid choices."""
         from pyro_implicit.models.registry import resolve_model
 
-        from .methods import check_method
+        from .methods import check_method_options
 
         resolve_model(self.model)
-        check_method(self.method)
+        check_method_options(self)
         check_strategy(self.strategy)
         check_prior(self.prior)
         check_data_spec(self.data)
@@ -84,6 +123,9 @@ class TrainConfig:
         if not 0 <= self.drop_rate < 1:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
         check_device(self.device)
+        check_precision(self.device, self.precision)
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError(
                 f"milestones are fractions of the epochs in (0, 1), got {self.milestones}")

@@ -1,8 +1,10 @@
 """Datasets decoded once into in-memory uint8 tensors, batched and augmented as tensors.
 
-Specs: ``digits`` (scikit-learn's 8x8 digits, built in), ``cifar10`` (torchvision; ``download``
-for users with internet), ``imagefolder:PATH`` (``PATH/train/<class>/*`` and
-``PATH/test/<class>/*``, e.g. the shared CIFAR-10 tree).
+Specs: ``digits`` (scikit-learn's 8x8 digits, built in), ``cifar10`` and ``svhn`` (torchvision;
+``download`` for users with internet; SVHN's train split, no augmentation), ``imagefolder:PATH``
+(``PATH/train/<class>/*`` and ``PATH/test/<class>/*``, e.g. the shared CIFAR-10 tree), and
+``imagenet:PATH`` (``PATH/train/<class>/*``, ``PATH/val/<class>/*``), which is not decoded into
+memory but per batch by DataLoader workers (:mod:`.folders`).
 
 Augmentation (``ImageData.augment``): ``pad-crop`` (CIFAR style: random crop of the zero-padded
 image, optional flip) for small images; ``imagenet`` for large ones: training images are decoded
@@ -25,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATA_CHOICES = "digits, cifar10, imagefolder:PATH"
+DATA_CHOICES = "digits, cifar10, svhn, imagefolder:PATH, imagenet:PATH"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 AUGMENT_CHOICES = ("auto", "pad-crop", "imagenet")
 AUTO_IMAGENET_ABOVE = 64  # "auto" picks imagenet for images whose shorter side exceeds this
 IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
 RRC_SCALE, RRC_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+PATH_SPECS = ("imagefolder:", "imagenet:")  # spec prefixes followed by a PATH
 
 
 @dataclass
@@ -63,7 +66,8 @@ class ImageData:
 
 def check_data_spec(spec: str) -> str:
     """Return ``spec`` if well-formed, else raise a ValueError listing the choices."""
-    if spec in ("digits", "cifar10") or (spec.startswith("imagefolder:") and len(spec) > 12):
+    if spec in ("digits", "cifar10", "svhn") or any(
+            spec.startswith(kind) and len(spec) > len(kind) for kind in PATH_SPECS):
         return spec
     raise ValueError(f"unknown data {spec!r}; choose one of: {DATA_CHOICES}")
 
@@ -90,12 +94,17 @@ def load_data(
     """
     check_data_spec(spec)
     check_augment(augment)
+    if spec.startswith("imagenet:"):  # lazy: decoded per batch (see .folders)
+        from .folders import load_imagenet
+
+        return load_imagenet(Path(spec.split(":", 1)[1]), train_subset)
     if spec.startswith("imagefolder:"):
         return _imagefolder(Path(spec.split(":", 1)[1]), train_subset, augment)
     if augment == "imagenet":
         raise ValueError(f"augment 'imagenet' is for imagefolder: data with large images, not "
                          f"{spec!r}; use 'pad-crop' or 'auto'")
-    data = _digits() if spec == "digits" else _cifar10(root, download)
+    data = _digits() if spec == "digits" else (_svhn if spec == "svhn" else _cifar10)(
+        root, download)
     if train_subset is not None:
         data.train_x, data.train_y = _balanced_subset(data.train_x, data.train_y, train_subset,
                                                       data.num_classes)
@@ -160,6 +169,37 @@ def _cifar10(root: str | None, download: bool) -> ImageData:
 
     (train_x, train_y), (test_x, test_y) = to_tensor(train), to_tensor(test)
     return ImageData(train_x, train_y, test_x, test_y, list(train.classes), pad=4, flip=True)
+
+
+def _svhn(root: str | None, download: bool) -> ImageData:
+    """SVHN's ``train`` split (73,257 images; not ``extra``) and ``test`` split (26,032), without
+    augmentation (WideResNet's SVHN recipe)."""
+    from torchvision.datasets import SVHN
+
+    root = root or os.path.join(os.path.expanduser("~"), ".cache", "pyro-implicit", "svhn")
+    try:
+        train = SVHN(root, split="train", download=download)
+        test = SVHN(root, split="test", download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        raise FileNotFoundError(
+            f"SVHN not found under {root}: pass --download (needs internet), or point "
+            "--data-root at a folder holding train_32x32.mat and test_32x32.mat") from err
+
+    def to_tensor(ds):  # torchvision keeps SVHN as N x C x H x W, label 10 mapped to 0
+        return torch.from_numpy(ds.data).contiguous(), torch.from_numpy(ds.labels).long()
+
+    (train_x, train_y), (test_x, test_y) = to_tensor(train), to_tensor(test)
+    return ImageData(train_x, train_y, test_x, test_y, [str(c) for c in range(10)], pad=0,
+                     flip=False)
+
+
+def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``x`` on ``device``; a host tensor bound for a GPU goes through pinned memory without
+    blocking, so the copy does not synchronise the host with the device."""
+    device = torch.device(device)
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 def _list_split(root: Path, split: str, classes: list[str] | None) -> dict[str, list[Path]]:
@@ -313,7 +353,7 @@ class Normalizer:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalise ``x``; augment when a ``generator`` is given (training batches)."""
-        x = x.to(self.device)
+        x = to_device(x, self.device)
         if generator is not None:
             x = self.augment(x, generator)
         elif self.mode == "imagenet" and x.shape[-2:] != (IMAGENET_CROP, IMAGENET_CROP):
@@ -328,13 +368,15 @@ class Normalizer:
             x = random_resized_crop(x, IMAGENET_CROP, generator)
         elif self.pad:
             padded = torch.nn.functional.pad(x, (self.pad,) * 4)
-            off = torch.randint(0, 2 * self.pad + 1, (2, b), generator=generator).to(x.device)
+            off = torch.randint(0, 2 * self.pad + 1, (2, b), generator=generator)
+            off = to_device(off, x.device)
             rows = (off[0, :, None] + torch.arange(h, device=x.device))[:, :, None]
             cols = (off[1, :, None] + torch.arange(w, device=x.device))[:, None, :]
             x = padded.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None],
                                            rows, cols].permute(0, 3, 1, 2)
         if self.flip:
-            mask = (torch.rand(b, generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
+            mask = to_device(torch.rand(b, generator=generator) < 0.5, x.device)
+            mask = mask.view(-1, 1, 1, 1)
             x = torch.where(mask, x.flip(-1), x)
         return x
 

@@ -26,6 +26,7 @@ from pyro_implicit.posterior import sample_logits
 
 from .data import ImageData, load_data
 from .distributed import SINGLE, Dist, setup
+from .folders import is_lazy, uint8_batches
 from .train import Run, load_run
 
 X1_DRAWS = 5
@@ -43,6 +44,22 @@ def parse_samples(text: str) -> list[int]:
     return values
 
 
+def _test_inputs(run: Run, test_x, batch_size: int, dist: Dist):
+    """A function giving this rank's normalised test batches as (start, x): in-memory images are
+    normalised once and kept; lazy ones (ImageNet's validation set) are decoded on each call."""
+    starts = range(dist.rank * batch_size, len(test_x), dist.world * batch_size)
+    pin = torch.device(run.config.device).type == "cuda"
+
+    def stream():
+        batches = uint8_batches(test_x, starts, batch_size, run.config.workers, pin)
+        return zip(starts, map(run.normalizer, batches), strict=True)
+
+    if is_lazy(test_x):
+        return stream
+    kept = list(stream())
+    return lambda: kept
+
+
 @torch.no_grad()
 def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int | None = None,
                  batch_size: int = 128, progress: bool | None = None,
@@ -57,12 +74,11 @@ def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int
     posterior = freeze_posterior(run.model, run.guide, unique, run.train_inputs, bn_batches,
                                  progress=progress, distributed=dist.active)
     probs = torch.zeros(unique, len(test_x), run.data.num_classes, dtype=torch.float64)
-    starts = range(dist.rank * batch_size, len(test_x), dist.world * batch_size)
-    inputs = [(start, run.normalizer(test_x[start:start + batch_size])) for start in starts]
+    inputs = _test_inputs(run, test_x, batch_size, dist)
     with eval_mode(run.model):
         for i in tqdm(range(unique), desc="evaluate", leave=False,
                       disable=not dist.is_main or (None if progress is None else not progress)):
-            for start, x in inputs:
+            for start, x in inputs():
                 logits = sample_logits(run.model, posterior, i, x)
                 probs[i, start:start + len(x)] = logits.softmax(-1).cpu()
     if dist.active:
@@ -81,8 +97,7 @@ def form_probs(run: Run, test_x: torch.Tensor, n: int, form: str, bn_batches: in
         recalibrate_bn(net, run.train_inputs(), num_batches=bn_batches, distributed=dist.active)
     net.eval()
     probs = torch.zeros(len(test_x), run.data.num_classes, dtype=torch.float64)
-    for start in range(dist.rank * batch_size, len(test_x), dist.world * batch_size):
-        x = run.normalizer(test_x[start:start + batch_size])
+    for start, x in _test_inputs(run, test_x, batch_size, dist)():
         probs[start:start + len(x)] = net(x).softmax(-1).cpu()
     if dist.active:
         torch.distributed.all_reduce(probs)

@@ -1,7 +1,10 @@
-"""Methods behind one interface: each builds a Pyro (model, guide) pair from a network."""
+"""Methods behind one interface: each builds a Pyro (model, guide) pair from a network, and names
+its training objective (and, for ensembles, its own training procedure)."""
 
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -9,23 +12,51 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_implicit import BayesianNetwork, ImplicitGuide, ImplicitMAP, PointGuide
+from pyro_implicit.bayes_hypernet import ScaleFlow, WeightNormNetwork
+from pyro_implicit.bbb import MeanFieldNormal
+from pyro_implicit.dropout import MCDropoutGuide, MCDropoutNetwork
+from pyro_implicit.elbo import ELBO
+from pyro_implicit.ensemble import EnsembleGuide
 from pyro_implicit.models import create_model
 
 from .config import TrainConfig
+from .ensemble import fit_ensemble
+
+MEMBER_METHODS = ("map", "mle")
+BBB_SITES = ("residual", "all")
+MC_DROPOUT_RATE = 0.3  # mc-dropout's --drop-rate unless given
 
 
-def _implicit_map(config: TrainConfig) -> ImplicitMAP:
+def _implicit_map(config: TrainConfig, epoch: int) -> ImplicitMAP:
     return ImplicitMAP(config.weight_decay)
+
+
+def _mle(config: TrainConfig, epoch: int) -> ImplicitMAP:
+    return ImplicitMAP(0.0)
+
+
+def kl_weight(config: TrainConfig, epoch: int) -> float:
+    """The KL's weight in epoch ``epoch`` (0-based): the temperature, ramped up linearly over
+    the first ``kl_anneal`` epochs (1/K, 2/K, ..., 1)."""
+    ramp = min(1.0, (epoch + 1) / config.kl_anneal) if config.kl_anneal else 1.0
+    return config.temperature * ramp
+
+
+def _elbo(config: TrainConfig, epoch: int) -> ELBO:
+    return ELBO(config.weight_decay, kl_weight(config, epoch), config.local_reparam)
 
 
 @dataclass(frozen=True)
 class Method:
     """A posterior approximation: how to build its model and guide, its training objective
-    (a Pyro loss offering ``loss_and_logits``), and its description."""
+    (``loss(config, epoch)``: a Pyro loss offering ``loss_and_logits``), its description, and
+    optionally its own training procedure ``fit(config, out, resume, progress, data) -> Run``
+    (used instead of the common loop)."""
 
     build: Callable[[nn.Module, TrainConfig, int], tuple[BayesianNetwork, PyroModule]]
     description: str
-    loss: Callable[[TrainConfig], object] = _implicit_map
+    loss: Callable[[TrainConfig, int], object] = _implicit_map
+    fit: Callable | None = None
 
 
 def _hypernet(net, config: TrainConfig, num_data: int):
@@ -38,10 +69,54 @@ def _point(net, config: TrainConfig, num_data: int):
     return BayesianNetwork(net, num_data, generated={}), PointGuide()
 
 
+def weight_groups(net: nn.Module, kernels_only: bool) -> dict[str, list[str]]:
+    """``net.residual_blocks()`` plus every other parameter (only matrices and kernels when
+    ``kernels_only``), each under its module's name: the sites of "all weights"."""
+    groups = {block: list(names) for block, names in net.residual_blocks().items()}
+    listed = {name for names in groups.values() for name in names}
+    for name, param in net.named_parameters():
+        if name not in listed and (param.dim() > 1 or not kernels_only):
+            groups.setdefault(name.rpartition(".")[0], []).append(name)
+    return groups
+
+
+def _bbb(net, config: TrainConfig, num_data: int):
+    initial = {name: p.detach().clone() for name, p in net.named_parameters()}
+    generated = None if config.bbb_sites == "residual" else weight_groups(net, kernels_only=True)
+    model = BayesianNetwork(net, num_data, generated)
+    return model, MeanFieldNormal(model, initial, config.init_scale)
+
+
+def _bayes_hypernet(net, config: TrainConfig, num_data: int):
+    model = WeightNormNetwork(net, num_data)
+    return model, ScaleFlow(model, config.flow_layers, config.flow_hidden, config.init_scale)
+
+
+def _mc_dropout(net, config: TrainConfig, num_data: int):
+    return MCDropoutNetwork(net, num_data), MCDropoutGuide()
+
+
+def _ensemble(net, config: TrainConfig, num_data: int):
+    model = BayesianNetwork(net, num_data, weight_groups(net, kernels_only=False))
+    return model, EnsembleGuide(model, config.members)
+
+
 METHODS: dict[str, Method] = {
     "hypernet": Method(_hypernet, "implicit posterior: hypernetworks generate the residual-block "
                                   "convs from z ~ p(z); MAP on theta (Ukai et al. 2019)"),
     "map": Method(_point, "point estimate, weight decay on every parameter"),
+    "mle": Method(_point, "point estimate without any weight decay", _mle),
+    "ensemble": Method(_ensemble, "--members independently initialised and shuffled map (or "
+                                  "--member-method mle) nets, equally weighted",
+                       fit=fit_ensemble),
+    "bbb": Method(_bbb, "Bayes by Backprop: factorised Gaussian q(w) on the residual-block convs "
+                        "(--bbb-sites all: every weight), ELBO with analytic KL "
+                        "(Blundell et al. 2015)", _elbo),
+    "bayes-hypernet": Method(_bayes_hypernet, "Bayesian hypernetwork: weight-normalised convs, a "
+                                              "real-NVP flow over their scales, ELBO "
+                                              "(Krueger et al. 2017)", _elbo),
+    "mc-dropout": Method(_mc_dropout, "WideResNet dropout kept on at test time, N passes "
+                                      "averaged (Gal & Ghahramani 2016)"),
 }
 
 
@@ -52,8 +127,74 @@ def check_method(name: str) -> str:
     return name
 
 
+def check_method_options(config: TrainConfig) -> None:
+    """Raise a ValueError naming the first bad method or method knob of ``config``."""
+    check_method(config.method)
+    for name in ("members", "flow_layers", "flow_hidden"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(config.kl_anneal, int) or config.kl_anneal < 0:
+        raise ValueError(f"kl_anneal must be a number of epochs >= 0, got {config.kl_anneal!r}")
+    for name in ("init_scale", "temperature"):
+        value = getattr(config, name)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    if config.member_method not in MEMBER_METHODS:
+        raise ValueError(f"unknown member method {config.member_method!r}; choose one of: "
+                         f"{', '.join(MEMBER_METHODS)}")
+    if config.bbb_sites not in BBB_SITES:
+        raise ValueError(f"unknown bbb sites {config.bbb_sites!r}; choose one of: "
+                         f"{', '.join(BBB_SITES)}")
+    if config.method == "ensemble" and config.sync_bn:
+        raise ValueError("ensemble does not take --sync-bn (its weight-site shell has no "
+                         "BatchNorm parameters to synchronise); train the members as runs")
+    if config.method == "mc-dropout" and not config.drop_rate > 0:
+        raise ValueError(f"mc-dropout needs a drop rate > 0, got {config.drop_rate} "
+                         f"(its default is {MC_DROPOUT_RATE})")
+
+
 def build(config: TrainConfig, num_classes: int, in_channels: int, num_data: int):
     """The (model, guide) pair of ``config``: a fresh network wrapped by its method."""
     net = create_model(config.model, num_classes=num_classes, in_channels=in_channels,
                        drop_rate=config.drop_rate)
     return METHODS[check_method(config.method)].build(net, config, num_data)
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """The method knobs of ``pyro-implicit train``."""
+    d = TrainConfig()
+    p.add_argument("--members", type=int, default=d.members, metavar="M",
+                   help=f"ensemble: number of members (default {d.members})")
+    p.add_argument("--member-method", default=d.member_method,
+                   help=f"ensemble: what each member is: {', '.join(MEMBER_METHODS)}")
+    p.add_argument("--bbb-sites", default=d.bbb_sites,
+                   help="bbb: Gaussian weights on the residual-block convs (residual, as the "
+                        "hypernetwork) or on every conv and linear weight (all)")
+    p.add_argument("--init-scale", type=float, default=d.init_scale, metavar="S",
+                   help="bbb, bayes-hypernet: initial std of q (bbb: of each weight; "
+                        f"bayes-hypernet: of each weight-norm scale; default {d.init_scale})")
+    p.add_argument("--local-reparam", action="store_true",
+                   help="bbb: local reparameterisation of conv/linear pre-activations")
+    p.add_argument("--kl-anneal", type=int, default=d.kl_anneal, metavar="EPOCHS",
+                   help="bbb, bayes-hypernet: ramp the KL weight up linearly over EPOCHS epochs")
+    p.add_argument("--temperature", type=float, default=d.temperature, metavar="T",
+                   help="bbb, bayes-hypernet: posterior temperature (the KL's weight; 1 = ELBO)")
+    p.add_argument("--flow-layers", type=int, default=d.flow_layers, metavar="K",
+                   help=f"bayes-hypernet: affine coupling layers (default {d.flow_layers})")
+    p.add_argument("--flow-hidden", type=int, default=d.flow_hidden, metavar="H",
+                   help=f"bayes-hypernet: hidden units of each coupling net "
+                        f"(default {d.flow_hidden})")
+
+
+def method_options(args: argparse.Namespace) -> dict:
+    """The method knobs parsed by :func:`add_method_args`, and the drop rate (``None``: the
+    method's default, 0.3 for mc-dropout and 0 otherwise)."""
+    drop_rate = args.drop_rate
+    if drop_rate is None:
+        drop_rate = MC_DROPOUT_RATE if args.method == "mc-dropout" else 0.0
+    return dict(drop_rate=drop_rate, members=args.members, member_method=args.member_method,
+                bbb_sites=args.bbb_sites, init_scale=args.init_scale,
+                local_reparam=args.local_reparam, kl_anneal=args.kl_anneal,
+                temperature=args.temperature, flow_layers=args.flow_layers,
+                flow_hidden=args.flow_hidden)

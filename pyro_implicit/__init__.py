@@ -7,6 +7,11 @@ recalibrated BatchNorm statistics.
 """
 
 from .batchnorm import recalibrate_bn
+from .bayes_hypernet import ScaleFlow, WeightNormNetwork
+from .bbb import MeanFieldNormal
+from .dropout import MCDropoutGuide, MCDropoutNetwork
+from .elbo import ELBO
+from .ensemble import EnsembleGuide
 from .guide import ImplicitGuide, PointGuide
 from .hypernet import HyperNetworks
 from .metrics import classification_metrics
@@ -21,12 +26,19 @@ __version__ = "0.1.0"
 __all__ = [
     "PRIORS",
     "STRATEGIES",
+    "ELBO",
     "BayesianNetwork",
+    "EnsembleGuide",
     "FrozenPosterior",
     "HyperNetworks",
     "ImplicitGuide",
     "ImplicitMAP",
+    "MCDropoutGuide",
+    "MCDropoutNetwork",
+    "MeanFieldNormal",
     "PointGuide",
+    "ScaleFlow",
+    "WeightNormNetwork",
     "WeightSite",
     "classification_metrics",
     "eval_mode",

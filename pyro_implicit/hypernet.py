@@ -32,15 +32,19 @@ class _Generate(torch.autograd.Function):
         output, hidden = ctx.saved_tensors
         need_output, need_hidden, _ = ctx.needs_input_grad
         grad_output = torch.empty_like(output) if need_output else None
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        # under autocast hidden and the incoming grads are bfloat16 while output stays float32:
+        # the hidden gradient is formed in output's dtype and returned in hidden's
+        grad_hidden = torch.empty_like(hidden, dtype=output.dtype) if need_hidden else None
         start = 0
         for i, (size, g) in enumerate(zip(ctx.sizes, grads, strict=True)):
             rows = slice(start, start + size)
             if need_output:  # the outer product g h^T, written in place
                 torch.mul(g.unsqueeze(1), hidden[i].unsqueeze(0), out=grad_output[rows])
             if need_hidden:
-                torch.mv(output[rows].t(), g, out=grad_hidden[i])
+                torch.mv(output[rows].t(), g.to(output.dtype), out=grad_hidden[i])
             start += size
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden.to(hidden.dtype)
         return grad_output, grad_hidden, None
 
 

@@ -94,9 +94,15 @@ class BayesianNetwork(PyroModule):
         return dist.Normal(torch.zeros((), device=device), scale).expand(site.shape).to_event(
             len(site.shape))
 
+    def network_tensors(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The network's parameters and buffers given the values of the model's sites (the
+        generated kernels themselves here; a reparameterised model maps its latents to them)."""
+        return dict(tensors)
+
     def logits(self, x: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Run the network with ``tensors`` (generated kernels, optionally BN statistics)."""
-        return functional_call(self.net, dict(tensors), (x,), strict=False, tie_weights=False)
+        return functional_call(self.net, self.network_tensors(tensors), (x,), strict=False,
+                               tie_weights=False)
 
     def materialize(self, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
         """A plain copy of the network with ``tensors`` (one weight sample, optionally its BN
@@ -106,7 +112,7 @@ class BayesianNetwork(PyroModule):
         if missing:
             raise ValueError(f"no value given for generated weights {missing}")
         net = copy.deepcopy(self.net)
-        for name, value in tensors.items():
+        for name, value in self.network_tensors(tensors).items():
             module_name, _, leaf = name.rpartition(".")
             module = net.get_submodule(module_name)
             if name in self.bn_sites:
@@ -123,7 +129,7 @@ class BayesianNetwork(PyroModule):
             for name in self.bn_sites:
                 buf = buffers[name]
                 tensors[name] = pyro.sample(name, dist.Delta(buf, event_dim=buf.dim()).mask(False))
-        logits = self.logits(x, tensors)
+        logits = self.logits(x, tensors).float()  # under autocast: the likelihood in float32
         pyro.deterministic("logits", logits)
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=self.num_data / x.shape[0]):
             pyro.sample("obs", dist.Categorical(logits=logits), obs=y)

@@ -14,7 +14,7 @@ from pyro_implicit.inference.cli import main
 # flag -> (valid values, invalid values); each example breaks at most one flag
 FLAGS = {
     "--model": (["wrn-10-1", "wrn-10-2"], ["wrn-15-2", "wrn-16-0", "wrn-4-1", "vgg", ""]),
-    "--method": (["hypernet", "map"], ["bbb", "", "MAP"]),
+    "--method": (["hypernet", "map"], ["mcmc", "", "MAP"]),
     "--strategy": (["all-in-one", "block-wise", "layer-wise"], ["layerwise", "all"]),
     "--prior": (["normal", "uniform", "uniform01", "halfnormal"], ["gauss", "Normal"]),
     "--epochs": (["1", "2"], ["0", "-1", "x", "1.5", ""]),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import make_imagefolder
-from pyro_implicit.inference import train as train_module
+from pyro_implicit import ImplicitMAP
 from pyro_implicit.inference.checkpoint import load_checkpoint
 from pyro_implicit.inference.cli import main
 
@@ -83,7 +83,7 @@ def test_killed_run_resumes_bit_identical(folder, straight, tmp_path, sig):
 
 def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(folder, tmp_path,
                                                                       monkeypatch, capsys):
-    real = train_module.ImplicitMAP.loss_and_logits
+    real = ImplicitMAP.loss_and_logits
     calls = []
 
     def poisoned(self, *args, **kwargs):
@@ -91,7 +91,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(folder, tm
         calls.append(1)
         return (loss * float("nan") if len(calls) == 80 else loss), logits
 
-    monkeypatch.setattr(train_module.ImplicitMAP, "loss_and_logits", poisoned)
+    monkeypatch.setattr(ImplicitMAP, "loss_and_logits", poisoned)
     out = tmp_path / "run"
     assert main(["train", *ARGS, "--data", f"imagefolder:{folder}", "--out", str(out)]) == 2
     err = capsys.readouterr().err

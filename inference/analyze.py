@@ -1,0 +1,252 @@
+"""``pyro-implicit analyze``: posterior analysis of run folders into netCDF and a JSON summary.
+
+One run gives ``draws`` weight draws and ``predictive_draws`` test-set predictions (one of each
+for a point estimate); several runs form an ensemble with one draw per member. The results are
+an ``arviz.InferenceData`` (layout in :mod:`pyro_implicit.analysis`), written as
+``DIR/posterior.nc``, and ``DIR/summary.json`` (see :func:`summarize`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pyro
+import torch
+
+from pyro_implicit import classification_metrics
+from pyro_implicit.analysis import (
+    WeightLayout,
+    averaging_curve,
+    disagreement,
+    draw_probs,
+    draw_weights,
+    fault_table,
+    is_point,
+    observed_labels,
+    reliability,
+    select_weights,
+    to_inference_data,
+    weight_correlations,
+)
+
+from .config import TrainConfig
+from .data import ImageData, load_data
+from .evaluate import sample_probs
+from .train import CONFIG, METRICS, Run, fit, load_run
+
+POSTERIOR, SUMMARY = "posterior.nc", "summary.json"
+FAULT_MODELS = 4  # the paper's "quadruple fault"
+TINY = {"model": "wrn-10-1", "data": "digits", "epochs": 8}  # stand-in runs: seconds each
+
+
+def load_runs(paths: Iterable[Path | str], base: Path | str | None = None) -> list[Run]:
+    """Load run folders, decoding each dataset once for all runs that share it.
+
+    A relative ``imagefolder:PATH`` in a run's config is resolved against ``base`` (the folder
+    the runs were trained from; default: the current directory).
+    """
+    cache: dict[tuple, ImageData] = {}
+    runs = []
+    for path in map(Path, paths):
+        if not (path / CONFIG).is_file():
+            raise FileNotFoundError(f"{path} is not a run folder (no {CONFIG})")
+        config = TrainConfig.load(path / CONFIG)
+        spec = config.data
+        if base is not None and spec.startswith("imagefolder:"):
+            spec = f"imagefolder:{Path(base) / spec.split(':', 1)[1]}"
+        key = (spec, config.train_subset, config.data_root)
+        if key not in cache:
+            cache[key] = load_data(spec, config.train_subset, config.data_root, config.download)
+        runs.append(load_run(path, cache[key]))
+    return runs
+
+
+def is_finished(folder: Path | str) -> bool:
+    """Whether ``folder`` holds a run that has trained all its epochs."""
+    folder = Path(folder)
+    if not (folder / METRICS).is_file() or not (folder / CONFIG).is_file():
+        return False
+    epochs = len(json.loads((folder / METRICS).read_text())["history"])
+    return epochs >= TrainConfig.load(folder / CONFIG).epochs
+
+
+def ensure_runs(root: Path | str, configs: Mapping[str, TrainConfig],
+                progress: bool | None = False) -> dict[str, Path]:
+    """Train each config into ``root/name`` unless a finished run is already there (used by the
+    notebooks to make tiny runs when they are given none); returns name -> run folder."""
+    folders = {}
+    for name, config in configs.items():
+        folder = Path(root) / name
+        if not is_finished(folder):
+            pyro.clear_param_store()
+            fit(config, folder, resume=(folder / CONFIG).is_file(), progress=progress)
+        folders[name] = folder
+    return folders
+
+
+def open_runs(folders: Mapping[str, Mapping[str, object]], root: Path | str | None = None,
+              base: Path | str | None = None, tiny: Mapping[str, object] = TINY) -> dict[str, Run]:
+    """Load ``root/name`` for each name in ``folders``, whose values say what each run is
+    (TrainConfig fields, e.g. ``{"method": "map", "seed": 1}``; checked against its config).
+
+    With ``root=None`` tiny stand-ins ``TrainConfig(**tiny, **fields)`` are trained in a new
+    temporary folder first: how the notebooks run when given no runs (and in the tests).
+    """
+    if root is None:
+        root = tempfile.mkdtemp(prefix="pyro-implicit-tiny-runs-")
+        ensure_runs(root, {name: TrainConfig(**{**tiny, **fields})
+                           for name, fields in folders.items()})
+    runs = dict(zip(folders, load_runs([Path(root) / name for name in folders], base),
+                    strict=True))
+    for name, run in runs.items():
+        found = {k: getattr(run.config, k) for k in folders[name]}
+        if found != dict(folders[name]):
+            raise ValueError(f"{Path(root) / name} has {found}, expected {dict(folders[name])}")
+    return runs
+
+
+def _test_points(num_test: int, subset: int | None, seed: int) -> np.ndarray:
+    if subset is None:
+        return np.arange(num_test)
+    if not 1 <= subset <= num_test:
+        raise ValueError(f"test subset {subset} must lie in 1..{num_test} (the test set's size)")
+    return np.sort(np.random.default_rng(seed).choice(num_test, subset, replace=False))
+
+
+def _describe(runs: Sequence[Run]) -> dict[str, str]:
+    """What the runs are, for attrs: config values (joined when ensemble members differ)."""
+    def joined(key: str, members: Sequence[Run]) -> str:
+        return ",".join(sorted({str(getattr(run.config, key)) for run in members}))
+
+    described = {k: joined(k, runs) for k in ("method", "model", "data", "epochs")}
+    latent = [run for run in runs if not is_point(run.guide)]  # z sharing and p(z) mean nothing
+    if latent:                                                 # for point estimates
+        described.update({k: joined(k, latent) for k in ("strategy", "prior")})
+    return described
+
+
+def analyze(
+    runs: Run | Sequence[Run],
+    draws: int = 1000,
+    pairs: int = 1000,
+    predictive_draws: int = 16,
+    weights: Iterable[str] = (),
+    bn_batches: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> az.InferenceData:
+    """The InferenceData of one run's posterior (or of an ensemble of runs, one draw each).
+
+    Weights: ``pairs`` random pairs within residual blocks and as many across blocks, plus the
+    named ``weights``. Predictions: on the run's test set (``test_subset`` random points of it
+    when given), BN recalibrated per draw over ``bn_batches`` training batches (default all);
+    ``predictive_draws=0`` skips them (weights only, no data pass). Draw d of the predictions
+    is draw d of the weights: both replay the guide's latent draws from ``seed`` (for guides
+    whose draws depend on the RNG alone, like the hypernetwork's z).
+    """
+    runs = [runs] if isinstance(runs, Run) else list(runs)
+    if not runs:
+        raise ValueError("nothing to analyse: give at least one run")
+    if draws < 1 or predictive_draws < 0:
+        raise ValueError(f"need draws >= 1 and predictive_draws >= 0, got {draws} and "
+                         f"{predictive_draws}")
+    layout = WeightLayout.of(runs[0].model)
+    data = runs[0].data
+    for run in runs[1:]:
+        if WeightLayout.of(run.model) != layout or run.data.classes != data.classes:
+            raise ValueError(f"ensemble members must share the network and classes: "
+                             f"{run.config.model} on {run.data.classes} vs {runs[0].config.model}"
+                             f" on {data.classes}")
+    selection = select_weights(layout, pairs, weights, seed)
+    points = _test_points(len(data.test_y), test_subset, seed)
+    test_x = data.test_x[torch.from_numpy(points)]
+    ensemble = len(runs) > 1
+    values, probs = [], []
+    for run in runs:
+        pyro.set_rng_seed(seed)
+        w, latents = draw_weights(run.model, run.guide, selection.refs, 1 if ensemble else draws)
+        values.append(w)
+        if predictive_draws:
+            pyro.set_rng_seed(seed)  # the same latents again, now with BN recalibration
+            n = 1 if ensemble or is_point(run.guide) else predictive_draws
+            probs.append(sample_probs(run, test_x, n, bn_batches, progress=progress))
+    z_groups = None if ensemble else getattr(runs[0].guide, "groups", None)  # hypernetwork z
+    attrs = {**_describe(runs), "members": len(runs), "seed": seed,
+             "bn_batches": "all" if bn_batches is None else bn_batches}
+    return to_inference_data(
+        selection, torch.cat(values), None if z_groups is None else latents, z_groups,
+        torch.cat(probs) if probs else None,
+        data.test_y[torch.from_numpy(points)], data.classes, points, attrs)
+
+
+def _json_safe(value):
+    """NaN -> None, numpy scalars and arrays -> Python, recursively (for strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def summarize(idata: az.InferenceData, fault_models: int = FAULT_MODELS) -> dict:
+    """The numbers of an analysis InferenceData, as written to ``summary.json``:
+
+    - ``correlation``: mean |Pearson r| of the ``within``- and ``across``-block pairs over the
+      ``draws`` posterior draws, ``within_pairs``/``across_pairs``, and ``independent``, the
+      level two independent weights would show (None where fewer than 3 draws);
+    - ``fault_table``: ``models`` (the first min(4, draws) predictive draws) and ``counts``
+      {"k": test points exactly k of them misclassify}, summing to ``num_test``;
+    - ``disagreement``: mean pairwise disagreement over all predictive draws (None for one);
+    - ``averaging``: {"N": error, nll, ece, brier of N-sample averages} for N = 1, 2, 4, ...;
+    - ``calibration``: error, nll, ece, brier of the average of all predictive draws and its
+      ``reliability`` bins (``confidence``, ``accuracy``, ``count``; 15 equal-width bins).
+
+    The predictive keys are left out when ``idata`` holds weights only.
+    """
+    summary = {"draws": int(idata.posterior.sizes["draw"]),
+               "correlation": weight_correlations(idata)}
+    if "posterior_predictive" in idata.groups():
+        probs, labels = draw_probs(idata), observed_labels(idata)
+        models = min(fault_models, len(probs))
+        mean = torch.as_tensor(probs.mean(0))
+        bins = reliability(mean, labels)
+        summary.update({
+            "predictive_draws": len(probs),
+            "num_test": len(labels),
+            "fault_table": {"models": models, "counts": dict(enumerate(
+                fault_table(probs[:models], labels).tolist()))},
+            "disagreement": disagreement(probs),
+            "averaging": averaging_curve(probs, labels),
+            "calibration": {**classification_metrics(mean, torch.as_tensor(labels)),
+                            "reliability": {k: bins[k] for k in ("confidence", "accuracy",
+                                                                 "count")}},
+        })
+    return _json_safe(summary)
+
+
+def analyze_runs(paths: Sequence[Path | str], out: Path | str, **options) -> dict:
+    """Load ``paths`` (one run, or several as an ensemble), analyse them with ``options`` (see
+    :func:`analyze`) and write ``out/posterior.nc`` and ``out/summary.json``; return the
+    summary."""
+    runs = load_runs(paths)
+    idata = analyze(runs, **options)
+    names = [str(p) for p in paths]
+    summary = {"runs": names, **idata.posterior.attrs, **summarize(idata)}
+    for group in idata.groups():
+        idata[group].attrs["runs"] = json.dumps(names)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    idata.to_netcdf(str(out / POSTERIOR))
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,138 @@
+"""Posterior draws as an ``arviz.InferenceData`` (layout in :mod:`pyro_implicit.analysis`), and
+readers that turn one back into the arrays the other analysis functions take."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import arviz as az
+import numpy as np
+import torch
+import xarray as xr
+
+from .weights import (
+    PAIR_KINDS,
+    WeightSelection,
+    abs_correlations,
+    independent_level,
+    mean_abs_correlation,
+)
+
+EPS = 1e-12  # probability floor of the log-likelihood, as in pyro_implicit.metrics.nll
+
+
+def _chained(values, dims: Sequence[str], coords: Mapping) -> xr.DataArray:
+    """(draws, ...) values with a chain axis of length 1 in front (VI draws: one chain)."""
+    values = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values)[None]
+    return xr.DataArray(values, dims=("chain", "draw", *dims),
+                        coords={"chain": [0], "draw": np.arange(values.shape[1]), **coords})
+
+
+def _attr(value):
+    return value if isinstance(value, str | int | float) else str(value)
+
+
+def to_inference_data(
+    selection: WeightSelection | None = None,
+    weights: np.ndarray | torch.Tensor | None = None,
+    latents: np.ndarray | torch.Tensor | None = None,
+    z_groups: Sequence[str] | None = None,
+    probs: np.ndarray | torch.Tensor | None = None,
+    labels: np.ndarray | torch.Tensor | None = None,
+    classes: Sequence[str] | None = None,
+    test_points: Sequence[int] | None = None,
+    attrs: Mapping[str, object] | None = None,
+) -> az.InferenceData:
+    """Build the InferenceData of posterior draws; every part is optional.
+
+    ``weights`` (draws, K) are the values of ``selection.refs``; ``latents`` (draws, groups,
+    z_dim) the z of the same draws, one row per z group named in ``z_groups``; ``probs``
+    (draws, n, C) the class probabilities of test points ``test_points`` (default 0..n-1) with
+    true ``labels`` (n,) and class names ``classes``. ``attrs`` are stored on every group.
+    """
+    groups: dict[str, xr.Dataset] = {}
+    if weights is not None:
+        if selection is None:
+            raise ValueError("weights need the selection that names them")
+        w = _chained(weights, ("weight",), {"weight": selection.labels,
+                                            "site": ("weight", [r.site for r in selection.refs]),
+                                            "block": ("weight", list(selection.blocks))})
+        posterior = {"w": w}
+        if latents is not None:
+            latents = np.asarray(latents)
+            names = list(z_groups) if z_groups is not None else list(range(latents.shape[1]))
+            posterior["z"] = _chained(latents, ("z_group", "z_dim"),
+                                      {"z_group": names, "z_dim": np.arange(latents.shape[2])})
+        groups["posterior"] = xr.Dataset(posterior)
+        pairs = np.concatenate([selection.pairs[k] for k in PAIR_KINDS])
+        kinds = [k for k in PAIR_KINDS for _ in range(len(selection.pairs[k]))]
+        groups["constant_data"] = xr.Dataset(
+            {"pairs": (("pair", "end"), pairs)}, coords={"kind": ("pair", kinds)})
+    if probs is not None:
+        if labels is None:
+            raise ValueError("probabilities of a test set need its labels")
+        probs = np.asarray(probs.cpu() if isinstance(probs, torch.Tensor) else probs)
+        labels = np.asarray(labels).astype(np.int64)
+        points = np.arange(len(labels)) if test_points is None else np.asarray(test_points)
+        names = list(classes) if classes is not None else list(range(probs.shape[-1]))
+        coords = {"test_point": points}
+        groups["posterior_predictive"] = xr.Dataset(
+            {"probs": _chained(probs, ("test_point", "class"), {**coords, "class": names})})
+        true = np.take_along_axis(probs, labels[None, :, None], -1)[..., 0]
+        groups["log_likelihood"] = xr.Dataset(
+            {"y": _chained(np.log(np.maximum(true.astype(np.float64), EPS)), ("test_point",),
+                           coords)})
+        groups["observed_data"] = xr.Dataset({"y": ("test_point", labels)}, coords=coords)
+    if not groups:
+        raise ValueError("nothing to export: give weights and/or probs")
+    for ds in groups.values():
+        ds.attrs.update({k: _attr(v) for k, v in (attrs or {}).items()})
+    return az.InferenceData(**groups)
+
+
+def stacked(data: xr.DataArray) -> np.ndarray:
+    """Values with (chain, draw) merged into one leading sample axis."""
+    return data.stack(sample=("chain", "draw")).transpose("sample", ...).values
+
+
+def draw_probs(idata: az.InferenceData) -> np.ndarray:
+    """Per-draw class probabilities (S, n, C) from ``posterior_predictive.probs``."""
+    return stacked(idata.posterior_predictive["probs"])
+
+
+def observed_labels(idata: az.InferenceData) -> np.ndarray:
+    """True labels (n,) from ``observed_data.y``."""
+    return idata.observed_data["y"].values
+
+
+def _pair_rows(idata: az.InferenceData, kind: str) -> np.ndarray:
+    if kind not in PAIR_KINDS:
+        raise ValueError(f"unknown pair kind {kind!r}; choose one of: {', '.join(PAIR_KINDS)}")
+    data = idata.constant_data
+    return data["pairs"].values[data["kind"].values == kind]
+
+
+def weight_pairs(idata: az.InferenceData, kind: str) -> list[tuple[str, str]]:
+    """The random pairs of ``kind`` ("within" or "across"), as weight labels."""
+    labels = idata.posterior["weight"].values
+    return [(str(labels[a]), str(labels[b])) for a, b in _pair_rows(idata, kind)]
+
+
+def pair_correlations(idata: az.InferenceData, kind: str) -> np.ndarray:
+    """|Pearson r| over the posterior draws of each random pair of ``kind`` (NaN: undefined)."""
+    return abs_correlations(stacked(idata.posterior["w"]), _pair_rows(idata, kind))
+
+
+def weight_correlations(idata: az.InferenceData) -> dict[str, float | int | None]:
+    """Mean |Pearson r| of the "within"-block and "across"-block pairs over the posterior draws
+    (None where undefined: fewer than 3 draws, no such pairs), the number of pairs of each kind,
+    and ``independent``: the mean |r| two independent weights would show with as many draws."""
+    draws = stacked(idata.posterior["w"])
+    result: dict[str, float | int | None] = {"draws": len(draws)}
+    for kind in PAIR_KINDS:
+        rows = _pair_rows(idata, kind)
+        result[kind] = mean_abs_correlation(draws, rows)
+        result[f"{kind}_pairs"] = len(rows)
+    level = independent_level(len(draws))
+    result["independent"] = None if np.isnan(level) else level
+    return result
