@@ -202,6 +202,18 @@ def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return x.pin_memory().to(device, non_blocking=True)
 
 
+def _first_per_class(files: dict[str, list[Path]], train_subset: int,
+                     root: Path) -> dict[str, list[Path]]:
+    """The first ``train_subset // C`` files of each of the C classes of ``root/train``: the
+    class-balanced subset of an image folder, taken before anything is decoded."""
+    per_class = _per_class(train_subset, len(files))
+    for c, paths in files.items():
+        if len(paths) < per_class:
+            raise ValueError(f"--train-subset {train_subset}: {root}/train/{c} has only "
+                             f"{len(paths)} images, {per_class} needed")
+    return {c: paths[:per_class] for c, paths in files.items()}
+
+
 def _list_split(root: Path, split: str, classes: list[str] | None) -> dict[str, list[Path]]:
     folder = root / split
     if not folder.is_dir():
@@ -268,12 +280,7 @@ def _imagefolder(root: Path, train_subset: int | None, augment: str) -> ImageDat
     classes = list(train_files)
     test_files = _list_split(root, "test", classes)
     if train_subset is not None:
-        per_class = _per_class(train_subset, len(classes))
-        for c, paths in train_files.items():
-            if len(paths) < per_class:
-                raise ValueError(f"--train-subset {train_subset}: {root}/train/{c} has only "
-                                 f"{len(paths)} images, {per_class} needed")
-            train_files[c] = paths[:per_class]
+        train_files = _first_per_class(train_files, train_subset, root)
     if augment == "auto":
         first = next(iter(train_files.values()))[0]
         augment = "imagenet" if min(_image_size(first)) > AUTO_IMAGENET_ABOVE else "pad-crop"

@@ -33,7 +33,7 @@ from .data import (
     IMAGENET_CROP,
     ImageData,
     _decode,
-    _per_class,
+    _first_per_class,
     random_resized_boxes,
 )
 
@@ -112,12 +112,7 @@ def load_imagenet(root: Path, train_subset: int | None = None) -> FolderData:
     classes = list(train)
     val = _list_split(root, "val", classes)
     if train_subset is not None:
-        per_class = _per_class(train_subset, len(classes))
-        for c, paths in train.items():
-            if len(paths) < per_class:
-                raise ValueError(f"--train-subset {train_subset}: {root}/train/{c} has only "
-                                 f"{len(paths)} images, {per_class} needed")
-            train[c] = paths[:per_class]
+        train = _first_per_class(train, train_subset, root)
 
     def flat(files: dict[str, list[Path]]) -> tuple[ImageFiles, torch.Tensor]:
         labels = [i for i, c in enumerate(files) for _ in files[c]]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .layers import default_weight_zero_bias, init_weights, stage_kernels
 from .registry import register_family, register_model
 
 
@@ -94,22 +95,11 @@ class PyramidNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """He-normal (fan_out) convs, unit BN scales, zero biases (the reference initialisation)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                m.reset_parameters()
-                nn.init.zeros_(m.bias)
+        init_weights(self, default_weight_zero_bias)
 
     def residual_blocks(self) -> dict[str, list[str]]:
         """Residual block name -> names of the conv kernels inside it, in forward order."""
-        return {f"{stage_name}.{j}": [f"{stage_name}.{j}.conv1.weight",
-                                      f"{stage_name}.{j}.conv2.weight"]
-                for stage_name in self._stage_names
-                for j in range(len(getattr(self, stage_name)))}
+        return stage_kernels(self, self._stage_names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_bn(self.stem(x))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .layers import Bottleneck, init_weights, stage_kernels
 from .registry import register_family, register_model
 
 # bottleneck blocks per stage for each supported depth (3 convs per block + stem + fc)
@@ -25,6 +26,7 @@ LAYOUTS: dict[int, tuple[int, int, int, int]] = {
     152: (3, 8, 36, 3),
 }
 NAMED_DEPTHS = (50, 101, 152)  # registered at width 64 as resnet-50, resnet-101, resnet-152
+EXPANSION = 4  # a bottleneck's output has 4x its width
 
 
 def model_name(depth: int, width: int) -> str:
@@ -41,36 +43,6 @@ def check_config(depth: int, width: int) -> None:
                          f"of {', '.join(map(str, LAYOUTS))}")
     if width < 1:
         raise ValueError(f"invalid model {model_name(depth, width)!r}: width must be >= 1")
-
-
-class Bottleneck(nn.Module):
-    """conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1-BN, plus identity or 1x1 projection + BN,
-    then ReLU (torchvision's ResNet v1.5, stride on the 3x3)."""
-
-    expansion = 4
-
-    def __init__(self, in_planes: int, planes: int, stride: int):
-        super().__init__()
-        out_planes = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_planes)
-        self.downsample = None
-        if stride != 1 or in_planes != out_planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_planes),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = F.relu(self.bn1(self.conv1(x)))
-        o = F.relu(self.bn2(self.conv2(o)))
-        o = self.bn3(self.conv3(o))
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(o + identity)
 
 
 class ResNet(nn.Module):
@@ -96,35 +68,24 @@ class ResNet(nn.Module):
         self._stage_names = []
         for i, (n, stride) in enumerate(zip(LAYOUTS[depth], (1, 2, 2, 2), strict=True)):
             planes = width * 2**i
-            blocks = [Bottleneck(in_planes if j == 0 else planes * Bottleneck.expansion, planes,
-                                 stride if j == 0 else 1) for j in range(n)]
+            # the projection is ``downsample``, torchvision's name, so its weights load
+            blocks = [Bottleneck(in_planes if j == 0 else planes * EXPANSION, planes,
+                                 planes * EXPANSION, stride if j == 0 else 1,
+                                 shortcut_name="downsample") for j in range(n)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self._stage_names.append(f"layer{i + 1}")
-            in_planes = planes * Bottleneck.expansion
+            in_planes = planes * EXPANSION
         self.fc = nn.Linear(in_planes, num_classes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """He-normal (fan_out) convs, unit BN scales (no zero-init of the last BN), default FC, as
         torchvision."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                m.reset_parameters()
+        init_weights(self)
 
     def residual_blocks(self) -> dict[str, list[str]]:
         """Residual block name -> names of the conv kernels inside it, in forward order."""
-        blocks: dict[str, list[str]] = {}
-        for stage_name in self._stage_names:
-            for j, block in enumerate(getattr(self, stage_name)):
-                prefix = f"{stage_name}.{j}"
-                blocks[prefix] = [f"{prefix}.{n}.weight" for n, m in block.named_modules()
-                                  if isinstance(m, nn.Conv2d)]
-        return blocks
+        return stage_kernels(self, self._stage_names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .layers import Bottleneck, default_weight_zero_bias, init_weights, stage_kernels
 from .registry import register_family, register_model
 
 
@@ -31,35 +32,6 @@ def check_config(depth: int, cardinality: int, base_width: int) -> None:
         raise ValueError(f"invalid model {name!r}: cardinality C must be >= 1")
     if base_width < 1:
         raise ValueError(f"invalid model {name!r}: base width W must be >= 1")
-
-
-class Bottleneck(nn.Module):
-    """conv1x1-BN-ReLU-grouped conv3x3-BN-ReLU-conv1x1-BN, plus identity or 1x1 projection + BN,
-    then ReLU (post-activation, as the reference)."""
-
-    def __init__(self, in_planes: int, width: int, out_planes: int, cardinality: int,
-                 stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=cardinality,
-                               bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_planes)
-        self.shortcut = None
-        if stride != 1 or in_planes != out_planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_planes),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = F.relu(self.bn1(self.conv1(x)))
-        o = F.relu(self.bn2(self.conv2(o)))
-        o = self.bn3(self.conv3(o))
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(o + identity)
 
 
 class ResNeXt(nn.Module):
@@ -88,7 +60,7 @@ class ResNeXt(nn.Module):
         for i, stride in enumerate((1, 2, 2)):
             width, out_planes = cardinality * base_width * 2**i, 256 * 2**i
             blocks = [Bottleneck(in_planes if j == 0 else out_planes, width, out_planes,
-                                 cardinality, stride if j == 0 else 1) for j in range(n)]
+                                 stride if j == 0 else 1, groups=cardinality) for j in range(n)]
             self.add_module(f"stage{i + 1}", nn.Sequential(*blocks))
             self._stage_names.append(f"stage{i + 1}")
             in_planes = out_planes
@@ -97,25 +69,11 @@ class ResNeXt(nn.Module):
 
     def reset_parameters(self) -> None:
         """He-normal (fan_out) convs, unit BN scales, zero biases (the reference initialisation)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                m.reset_parameters()
-                nn.init.zeros_(m.bias)
+        init_weights(self, default_weight_zero_bias)
 
     def residual_blocks(self) -> dict[str, list[str]]:
         """Residual block name -> names of the conv kernels inside it, in forward order."""
-        blocks: dict[str, list[str]] = {}
-        for stage_name in self._stage_names:
-            for j, block in enumerate(getattr(self, stage_name)):
-                prefix = f"{stage_name}.{j}"
-                blocks[prefix] = [f"{prefix}.{n}.weight" for n, m in block.named_modules()
-                                  if isinstance(m, nn.Conv2d)]
-        return blocks
+        return stage_kernels(self, self._stage_names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.stem_bn(self.stem(x)))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .layers import init_weights, stage_kernels
 from .registry import register_family, register_model
 
 
@@ -52,6 +53,12 @@ class BasicBlock(nn.Module):
         return self.conv2(o) + identity
 
 
+def _init_fc(m: nn.Linear) -> None:
+    """Uniform He weights with gain 1 and a zero bias (the WRN reference's FC)."""
+    nn.init.kaiming_uniform_(m.weight, nonlinearity="linear")
+    nn.init.zeros_(m.bias)
+
+
 class WideResNet(nn.Module):
     """WRN-depth-width: a 3x3 stem conv, three stages of (depth-4)/6 blocks, BN-ReLU, pool, FC."""
 
@@ -85,27 +92,12 @@ class WideResNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """He-normal convs, unit BN scales, zero biases (the WRN reference initialisation)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.kaiming_uniform_(m.weight, nonlinearity="linear")
-                nn.init.zeros_(m.bias)
+        init_weights(self, _init_fc)
 
     def residual_blocks(self) -> dict[str, list[str]]:
-        """Residual block name -> names of the conv kernels inside it, in forward order."""
-        blocks: dict[str, list[str]] = {}
-        for stage_name in self._stage_names:
-            for j, block in enumerate(getattr(self, stage_name)):
-                prefix = f"{stage_name}.{j}"
-                names = [f"{prefix}.conv1.weight", f"{prefix}.conv2.weight"]
-                if block.shortcut is not None:
-                    names.append(f"{prefix}.shortcut.weight")
-                blocks[prefix] = names
-        return blocks
+        """Residual block name -> names of the conv kernels inside it: conv1, conv2, then the
+        projection if any."""
+        return stage_kernels(self, self._stage_names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
