@@ -183,14 +183,16 @@ def _loader(dataset: Dataset, batches: list[list], workers: int, pin: bool) -> D
 
 
 def uint8_batches(x, starts: Iterable[int], batch_size: int, workers: int = 0,
-                  pin: bool = False) -> Iterator[torch.Tensor]:
-    """The uint8 batches ``x[s:s + batch_size]`` for ``s`` in ``starts``: slices of a tensor,
-    or, for :class:`ImageFiles`, decoded (resize 256, center crop 224) by a DataLoader."""
+                  pin: bool = False, order: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """The uint8 batches ``x[s:s + batch_size]`` for ``s`` in ``starts`` (of ``x[order]`` when an
+    index ``order`` is given): slices of a tensor, or, for :class:`ImageFiles`, decoded (resize
+    256, center crop 224) by a DataLoader."""
+    index = torch.arange(len(x)) if order is None else order
     if not is_lazy(x):
         for s in starts:
-            yield x[s:s + batch_size]
+            yield x[s:s + batch_size] if order is None else x[index[s:s + batch_size]]
         return
-    batches = [list(range(s, min(s + batch_size, len(x)))) for s in starts]
+    batches = [index[s:s + batch_size].tolist() for s in starts]
     yield from _loader(_EvalImages(x.paths), batches, workers, pin)
 
 

@@ -59,11 +59,15 @@ class Run:
     normalizer: Normalizer
 
     def train_inputs(self, batch_size: int | None = None):
-        """Training images normalised, augmentation off (for BN recalibration)."""
+        """Training images normalised, augmentation off (for BN recalibration), in one fixed
+        shuffled order: image folders list their items class by class, so the first K
+        batches of a partial pass (``--bn-batches K``) must be a random sample, not K/C
+        classes."""
         size, n = batch_size or self.config.batch_size, len(self.data.train_y)
         cuda = torch.device(self.config.device).type == "cuda"
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed))
         for x in uint8_batches(self.data.train_x, range(0, n, size), size, self.config.workers,
-                               pin=cuda):
+                               pin=cuda, order=order):
             yield self.normalizer(x)
 
 

@@ -47,3 +47,19 @@ def test_digits_split_and_subset():
     assert data.test_x.shape[0] == 450 and data.num_classes == 10
     assert data.pad == 1 and not data.flip
     assert check_data_spec("imagefolder:/x") == "imagefolder:/x"
+
+
+def test_recalibration_inputs_are_one_fixed_shuffled_pass(tmp_path):
+    from conftest import make_imagefolder
+    from pyro_implicit.inference import TrainConfig, prepare
+
+    folder = make_imagefolder(tmp_path / "data")  # listed class by class
+    run = prepare(TrainConfig(model="wrn-10-1", data=f"imagefolder:{folder}", z_dim=2, h_dim=2))
+    first, again = list(run.train_inputs(6)), list(run.train_inputs(6))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # fixed order
+    everything = run.normalizer(run.data.train_x)
+    shuffled = torch.cat(first)
+    assert shuffled.shape == everything.shape
+    key = lambda t: t.flatten(1).sum(1).sort().values  # noqa: E731
+    torch.testing.assert_close(key(shuffled), key(everything))  # every item exactly once
+    assert not torch.equal(first[0], everything[:6])  # a partial pass is not the first class
