@@ -145,11 +145,15 @@ def time_averaging(net: str, device: str, batch: int, n: int = 16, repeats: int 
 
 
 def peak_rss(net: str, kind: str, device: str, batch: int, steps: int) -> float:
-    """Peak RSS (MB) of a fresh process building ``kind`` and running ``steps`` steps."""
-    code = (f"import sys, resource; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+    """Peak RSS (MB) of a fresh process building ``kind`` and running ``steps`` steps.
+
+    Read from ``VmHWM`` (the high-water mark of the process's own memory map): ru_maxrss would
+    keep the RSS of the forked copy of this process from before ``exec``.
+    """
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
             f"from speed import Variant; v = Variant({kind!r}, {net!r}, {device!r}, {batch}, "
             f"False)\nfor _ in range({steps}): v.step()\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout
     return int(out.split()[-1]) / 1024
@@ -164,7 +168,17 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="override the per-net batch size")
     p.add_argument("--rss-steps", type=int, default=2, help="steps per peak-RSS subprocess")
     p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--rss-only", action="store_true",
+                   help="only (re)measure peak RSS, into the nets of an existing --json FILE")
     args = p.parse_args()
+    if args.rss_only:
+        result = json.loads(Path(args.json).read_text())
+        for net, row in result["nets"].items():
+            row["peak_rss_mb"] = {k: peak_rss(net, k, args.device, row["batch"], args.rss_steps)
+                                  for k in VARIANTS}
+            print(net, row["peak_rss_mb"], flush=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return
     if args.steps < 10:
         p.error(f"--steps {args.steps}: the benchmark takes the median over at least 10 steps")
     cuda = args.device.startswith("cuda")
