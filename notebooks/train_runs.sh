@@ -4,9 +4,10 @@
 #   all-in-one with each prior p(z) (normal, uniform, uniform01, halfnormal);
 #   block-wise and layer-wise with uniform01 (the paper's correlation figures use U(0,1));
 #   four independently trained MAP networks (seeds 0-3), the ensemble baseline.
-# Finished runs are skipped, interrupted ones resumed. Then, to refresh the notebooks' outputs:
-#   PYRO_IMPLICIT_RUNS=$PWD/runs/analysis jupyter nbconvert --execute --to notebook --inplace \
-#       notebooks/0*.ipynb
+# The notebooks also read the core slice's runs/core/{map,hypernet} (benchmarks/core_c10.sh) and,
+# when finished, runs/c10-10k/hypernet-normal-s0. Finished runs are skipped, interrupted ones
+# resumed. Then, to refresh the notebooks' committed outputs (about 20 minutes on 2 cores):
+#   PYRO_IMPLICIT_RUNS=$PWD/runs .venv/bin/jupyter execute --inplace notebooks/0*.ipynb
 # Usage: bash notebooks/train_runs.sh [RUNS_DIR]   (about 20 minutes on 2 idle CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import ScalarFormatter
 
 from .calibration import reliability
 
@@ -81,7 +80,9 @@ def plot_averaging(
         sizes = sorted(curve)
         ax.plot(sizes, [curve[n][metric] for n in sizes], marker="o", ms=3, label=name)
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ticks = sorted({n for curve in curves.values() for n in curve})
+    ax.set_xticks(ticks, labels=[str(n) for n in ticks])
+    ax.minorticks_off()
     ax.set(xlabel="N (samples averaged)", ylabel=metric, title=f"{metric} vs N")
     ax.legend(fontsize=7)
     return ax
