@@ -19,7 +19,7 @@ declare -A extra=(
   [bayes-hypernet]="--method bayes-hypernet"
   [mc-dropout]="--method mc-dropout"
 )
-for label in map mle ensemble hypernet bbb bayes-hypernet mc-dropout; do
+for label in map mle hypernet bbb bayes-hypernet mc-dropout ensemble; do
   run="$runs/$label"
   if ! grep -q "\"epoch\": $epochs" "$run/metrics.json" 2>/dev/null; then
     if [ -f "$run/config.json" ]; then

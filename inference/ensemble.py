@@ -35,7 +35,7 @@ def member_config(config: TrainConfig, index: int) -> TrainConfig:
 def fit_ensemble(config: TrainConfig, out: Path, resume: bool = False,
                  progress: bool | None = None, data: ImageData | None = None):
     """Train (or continue) every member of the ensemble ``config`` in ``out``; the ensemble Run."""
-    from .train import CONFIG, METRICS, fit, prepare
+    from .train import CONFIG, METRICS, TrainingInterrupted, fit, prepare
 
     main = setup(config.validate().device).is_main
     if data is None:
@@ -48,8 +48,14 @@ def fit_ensemble(config: TrainConfig, out: Path, resume: bool = False,
     try:
         for index in range(config.members):
             folder = out / MEMBERS / str(index)
-            runs.append(fit(member_config(config, index), folder,
-                            resume=(folder / CONFIG).is_file(), progress=progress, data=data))
+            try:
+                runs.append(fit(member_config(config, index), folder,
+                                resume=(folder / CONFIG).is_file(), progress=progress,
+                                data=data))
+            except TrainingInterrupted as stop:
+                raise TrainingInterrupted(f"member {index}: {str(stop).split(':')[0]}; continue "
+                                          f"the ensemble with `pyro-implicit train --resume "
+                                          f"{out}`") from stop
     except BaseException:
         if created and main and not (out / MEMBERS).exists():  # nothing trained: no run
             (out / CONFIG).unlink(missing_ok=True)

@@ -13,7 +13,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from conftest import tiny_batch
-from pyro_implicit import BayesianNetwork, freeze_posterior, model_average, predict_probs
+from pyro_implicit import (
+    BayesianNetwork,
+    ImplicitMAP,
+    freeze_posterior,
+    model_average,
+    predict_probs,
+)
 from pyro_implicit.bayes_hypernet import SCALES
 from pyro_implicit.bbb import MeanFieldNormal
 from pyro_implicit.dropout import SEED
@@ -265,22 +271,27 @@ def test_bbb_stopped_mid_epoch_resumes_bit_identical(tmp_path, monkeypatch):
                load_checkpoint(resumed / "checkpoint.pt"))
 
 
-def test_ensemble_interrupted_in_a_member_resumes_bit_identical(tmp_path, monkeypatch):
+def test_ensemble_interrupted_in_a_member_resumes_bit_identical(tmp_path, monkeypatch, capsys):
     argv = [*TINY, "--epochs", "2", "--method", "ensemble"]
     assert main(["train", *argv, "--out", str(tmp_path / "straight")]) == 0
-    saves, real_save = [], train_module.save_checkpoint
+    real, calls = ImplicitMAP.loss_and_logits, []
 
-    def save_then_die(state, path):
-        real_save(state, path)
-        saves.append(path)
-        if len(saves) == 3:  # member 0 done, member 1 after its first epoch
-            raise KeyboardInterrupt
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 7:  # member 1, epoch 2, step 1 of 2 (member 0 took 4 steps)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(ImplicitMAP, "loss_and_logits", interrupted)
     resumed = tmp_path / "resumed"
+    capsys.readouterr()
     assert main(["train", *argv, "--out", str(resumed)]) == 130
+    err = capsys.readouterr().err
+    assert "member 1: stopped in epoch 2 after step 1" in err and f"--resume {resumed}`" in err
+    state = load_checkpoint(resumed / "members" / "1" / "checkpoint.pt")
+    assert (state["epoch"], state["step"]) == (1, 1)
     assert (resumed / "config.json").is_file() and not (resumed / "checkpoint.pt").exists()
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(ImplicitMAP, "loss_and_logits", real)
     assert main(["train", "--resume", str(resumed)]) == 0
     runs_equal(load_checkpoint(tmp_path / "straight" / "checkpoint.pt"),
                load_checkpoint(resumed / "checkpoint.pt"))
