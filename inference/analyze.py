@@ -8,7 +8,6 @@ an ``arviz.InferenceData`` (layout in :mod:`pyro_implicit.analysis`), written as
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import tempfile
@@ -120,16 +119,6 @@ def _test_points(num_test: int, subset: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(num_test, subset, replace=False))
 
 
-def _bn_order(run: Run, seed: int) -> Run:
-    """The run with its training images in a fixed random order, so that BN recalibration over
-    the first K batches sees a random sample (image folders are sorted by class: the first K
-    batches in folder order would hold one or two classes)."""
-    order = torch.randperm(len(run.data.train_y), generator=torch.Generator().manual_seed(seed))
-    data = dataclasses.replace(run.data, train_x=run.data.train_x[order],
-                               train_y=run.data.train_y[order])
-    return dataclasses.replace(run, data=data)
-
-
 def _describe(runs: Sequence[Run]) -> dict[str, str]:
     """What the runs are, for attrs: config values (joined when ensemble members differ)."""
     def joined(key: str, members: Sequence[Run]) -> str:
@@ -157,8 +146,7 @@ def analyze(
 
     Weights: ``pairs`` random pairs within residual blocks and as many across blocks, plus the
     named ``weights``. Predictions: on the run's test set (``test_subset`` random points of it
-    when given), BN recalibrated per draw over ``bn_batches`` training batches (default all;
-    a limited pass takes them from a fixed random order of the training set);
+    when given), BN recalibrated per draw over ``bn_batches`` training batches (default all);
     ``predictive_draws=0`` skips them (weights only, no data pass). Draw d of the predictions
     is draw d of the weights: both replay the guide's latent draws from ``seed`` (for guides
     whose draws depend on the RNG alone, like the hypernetwork's z).
@@ -188,8 +176,7 @@ def analyze(
         if predictive_draws:
             pyro.set_rng_seed(seed)  # the same latents again, now with BN recalibration
             n = 1 if ensemble or is_point(run.guide) else predictive_draws
-            source = run if bn_batches is None else _bn_order(run, seed)  # full pass: any order
-            probs.append(sample_probs(source, test_x, n, bn_batches, progress=progress))
+            probs.append(sample_probs(run, test_x, n, bn_batches, progress=progress))
     z_groups = None if ensemble else getattr(runs[0].guide, "groups", None)  # hypernetwork z
     attrs = {**_describe(runs), "members": len(runs), "seed": seed,
              "bn_batches": "all" if bn_batches is None else bn_batches}

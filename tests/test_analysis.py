@@ -273,18 +273,6 @@ def test_analyze_run_ensemble_and_point(runs):
     assert set(summarize(weights_only)) == {"draws", "correlation"}
 
 
-def test_limited_bn_recalibration_sees_a_class_mixed_sample(runs):
-    from pyro_implicit.inference.analyze import _bn_order
-
-    run = load_runs([runs / "map0"])[0]
-    order = run.data.train_y.argsort(stable=True)  # class-sorted, like an image folder
-    run.data.train_x, run.data.train_y = run.data.train_x[order], run.data.train_y[order]
-    mixed = _bn_order(run, 0)
-    assert len(mixed.data.train_y[:20].unique()) > 3  # a first batch of 20 spans many classes
-    assert torch.equal(mixed.data.train_y.sort(stable=True).values, run.data.train_y)
-    assert mixed.data.train_x.sum() == run.data.train_x.sum() and mixed.model is run.model
-
-
 def test_open_runs_checks_what_each_run_is(runs, tmp_path):
     assert is_finished(runs / "hyper") and not is_finished(tmp_path)
     opened = open_runs({"hyper": {"strategy": "layer-wise"}, "map1": {"method": "map"}}, runs)

@@ -180,12 +180,14 @@ def draw_weights(
         cols, index = by_site.setdefault(ref.site, ([], []))
         cols.append(col)
         index.append(ref.index)
+    gather = {site: (torch.tensor(cols), tuple(torch.tensor(index).T))
+              for site, (cols, index) in by_site.items()}
     out = torch.empty(len(latents), len(refs))
     for i, z in enumerate(latents):
         tensors = guide.weights(z)
-        for site, (cols, index) in by_site.items():
+        for site, (cols, index) in gather.items():
             value = tensors[site] if site in tensors else model.net.get_parameter(site)
-            out[i, cols] = value[tuple(torch.tensor(index).T)].float().cpu()
+            out[i, cols] = value[index].float().cpu()
     return out, (None if point else latents)
 
 
