@@ -9,7 +9,10 @@ Variants, each with its own network and optimiser, run interleaved step by step 
                 weight decay is the prior, as in train).
 Peak RSS of each variant is measured in a subprocess of its own (a few steps, ru_maxrss).
 Averaging: N = 16 frozen samples evaluated as ``evaluate`` does (model replayed per sample,
-sample-outer loop) against 16 x one plain network (``materialize``) on the same two batches.
+sample-outer loop) against 16 x one plain network (``materialize``) on the same two batches,
+and the same average vectorised over the samples with ``torch.func.vmap``.
+The optimiser step alone (plain and hypernet) is timed too: on a memory-bound CPU it is the
+floor under the hypernet step's overhead (SGD with momentum reads and writes all of theta).
 
 Usage: python benchmarks/speed.py [--device cuda] [--json FILE] [--nets wrn-16-2,wrn-28-10]
 """
@@ -101,11 +104,21 @@ def time_net(net: str, device: str, batch: int, steps: int, warmup: int,
                 if i >= warmup:
                     times[kind].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    update = {}  # the optimiser step alone (its gradients are still set): the theta-traffic floor
+    for kind in ("plain", "hypernet"):
+        ts = []
+        for _ in range(3):
+            _sync(device)
+            t0 = time.perf_counter()
+            variants[kind].optimizer.step()
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+        update[kind] = statistics.median(ts)
     return {"batch": batch, "steps": steps, "plain_s": med["plain"],
             "hypernet_s": med["hypernet"], "bare_s": med["bare"],
             "hypernet_over_plain": med["hypernet"] / med["plain"],
             "pyro_over_bare": med["hypernet"] / med["bare"],
-            "times_s": times}
+            "optimizer_step_s": update, "times_s": times}
 
 
 @torch.no_grad()
@@ -140,8 +153,29 @@ def time_averaging(net: str, device: str, batch: int, n: int = 16, repeats: int 
     _sync(device)
     x_n = time.perf_counter() - t0
     one = statistics.median(singles)
+    vmapped = _vmapped_average(model, frozen, inputs, device)
     return {"n": n, "images": sum(len(x) for x in inputs), "single_s": one, "xn_s": x_n,
-            "xn_over_n_single": x_n / (n * one)}
+            "xn_over_n_single": x_n / (n * one), "vmap_s": vmapped,
+            "vmap_over_loop": vmapped / x_n}
+
+
+def _vmapped_average(model, frozen, inputs: list[torch.Tensor], device: str) -> float:
+    """Seconds for the same N-sample average with the samples vectorised by ``torch.func.vmap``
+    over stacked kernels (a grouped convolution per layer), kernel generation included."""
+    net, names = model.net.eval(), list(frozen.guide.site_names)
+
+    def probs(kernels: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(net, kernels, (x,), strict=False, tie_weights=False).softmax(-1)
+
+    batched = torch.func.vmap(probs, in_dims=(0, None))
+    _sync(device)
+    t0 = time.perf_counter()
+    samples = [frozen.sample_weights(i) for i in range(len(frozen))]
+    stacked = {k: torch.stack([w[k] for w in samples]) for k in names}
+    for x in inputs:
+        batched(stacked, x).mean(0)
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 def peak_rss(net: str, kind: str, device: str, batch: int, steps: int) -> float:
@@ -217,7 +251,9 @@ def _row(net: str, r: dict) -> str:
     return (f"{net} b{r['batch']}: plain {r['plain_s']:.3f}s  hypernet {r['hypernet_s']:.3f}s  "
             f"bare {r['bare_s']:.3f}s  b/a {r['hypernet_over_plain']:.3f}  "
             f"b/c {r['pyro_over_bare']:.3f}  x{avg['n']}/({avg['n']} x single) "
-            f"{avg['xn_over_n_single']:.3f}{rss_text}")
+            f"{avg['xn_over_n_single']:.3f}  vmap/loop {avg['vmap_over_loop']:.3f}  optimiser step "
+            f"plain {r['optimizer_step_s']['plain']:.3f}s hypernet "
+            f"{r['optimizer_step_s']['hypernet']:.3f}s{rss_text}")
 
 
 def _cpu_name() -> str:
