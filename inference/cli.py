@@ -145,6 +145,12 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
+        given = sorted(getattr(args, "explicit", set()))
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"train --resume {args.resume} continues the run with its saved "
+                             f"config.json; {flags} would be ignored: drop them (or start a "
+                             "new run with --out)")
         fit(None, Path(args.resume), resume=True)
     elif args.out is None:
         raise ValueError("train needs --out RUN (a new run folder) or --resume RUN")
@@ -160,7 +166,7 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate_run(Path(args.run), args.samples, args.data, args.bn_batches,
-                          seed=args.seed, form=args.form)
+                          seed=args.seed, form=args.form, device=args.device)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     print(format_table({f"x{n}": m for n, m in result["samples"].items()}))
@@ -244,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bn-batches", type=_bn_batches, default=None,
                     help="training batches for BN recalibration per sample (default: all)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
+    ev.add_argument("--device", default=None,
+                    help="evaluate on this device, e.g. cpu for a run trained on cuda "
+                         "(default: the run's own)")
     ev.add_argument("--form", type=_form, default="branching", metavar="FORM",
                     help=f"how N draws are averaged: {', '.join(FORMS)} (softmax of N networks; "
                          "N copies of each residual block; N x the channels of each generated "

@@ -144,7 +144,9 @@ class TrainConfig:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> TrainConfig:
+    def load(cls, path: Path, device: str | None = None) -> TrainConfig:
+        """The config saved at ``path``, validated; ``device`` replaces the saved device (a
+        GPU-trained run read on a CPU-only machine)."""
         try:
             raw = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
@@ -156,4 +158,6 @@ class TrainConfig:
         unknown = set(raw) - names
         if unknown:
             raise ValueError(f"{path} has unknown keys {sorted(unknown)}")
+        if device is not None:
+            raw["device"] = device
         return cls(**raw).validate()

@@ -144,15 +144,17 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
 
 def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: str | None = None,
                  bn_batches: int | None = None, seed: int = 0, progress: bool | None = None,
-                 form: str = "branching") -> dict:
-    """Load the run folder ``path`` and evaluate it (on ``data``'s test split when given)."""
+                 form: str = "branching", device: str | None = None) -> dict:
+    """Load the run folder ``path`` and evaluate it (on ``data``'s test split when given, on
+    ``device`` when given, else on the run's own device)."""
     from .config import TrainConfig
     from .train import CONFIG
 
     if not (Path(path) / CONFIG).is_file():
         raise FileNotFoundError(f"{path} is not a run folder (no {CONFIG})")
-    dist = setup(TrainConfig.load(Path(path) / CONFIG).device)  # before any model hits a GPU
-    run = load_run(path)
+    # distributed setup before any model hits a GPU
+    dist = setup(TrainConfig.load(Path(path) / CONFIG, device).device)
+    run = load_run(path, device=device)
     test = None
     if data is not None:
         test = load_data(data, None, run.config.data_root, run.config.download)

@@ -365,12 +365,13 @@ def _flush(pending: list, partial: list, dist: Dist, epoch: int, steps: int, out
     pending.clear()
 
 
-def load_run(out: Path, data: ImageData | None = None) -> Run:
-    """Rebuild a trained run from its folder: config, data, model, guide and BN buffers."""
+def load_run(out: Path, data: ImageData | None = None, device: str | None = None) -> Run:
+    """Rebuild a trained run from its folder: config, data, model, guide and BN buffers
+    (on ``device`` when given, e.g. a GPU-trained run on a CPU-only machine)."""
     out = Path(out)
     if not (out / CONFIG).is_file():
         raise FileNotFoundError(f"{out} is not a run folder (no {CONFIG})")
-    config = TrainConfig.load(out / CONFIG)
+    config = TrainConfig.load(out / CONFIG, device)
     run = prepare(config, data)
     _load_states(out, load_checkpoint(out / CHECKPOINT), run)
     return run

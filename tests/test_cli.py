@@ -142,6 +142,9 @@ def test_bad_folders_and_files(folder, tmp_path, capsys):
     train(folder, run, epochs=1)
     assert main(["train", *TINY, "--data", f"imagefolder:{folder}", "--out", str(run)]) == 2
     assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--lr", "0.5", "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs, --lr would be ignored" in err and str(run) in err
     (run / "checkpoint.pt").write_bytes(b"\x00" * 10)
     assert main(["evaluate", str(run)]) == 2
     assert "not a readable pyro-implicit checkpoint" in capsys.readouterr().err
@@ -176,4 +179,21 @@ def test_missing_cifar10_explains_the_options(tmp_path, capsys):
 
 def test_unavailable_device_is_refused(tmp_path, capsys):
     assert main(["train", "--device", "tpu", "--out", str(tmp_path / "r")]) == 2
+    assert "tpu" in capsys.readouterr().err
+
+
+def test_evaluate_device_overrides_the_runs_own(folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(folder, run, epochs=1)
+    here, moved = tmp_path / "here.json", tmp_path / "moved.json"
+    assert main(["evaluate", str(run), "--samples", "1,2", "--json", str(here)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "device": "cuda:7"}))
+    if not torch.cuda.is_available():  # as if the run had been trained on a GPU
+        assert main(["evaluate", str(run)]) == 2
+        assert "cuda:7" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--samples", "1,2", "--device", "cpu",
+                 "--json", str(moved)]) == 0
+    assert json.loads(moved.read_text())["samples"] == json.loads(here.read_text())["samples"]
+    assert main(["evaluate", str(run), "--device", "tpu"]) == 2
     assert "tpu" in capsys.readouterr().err
