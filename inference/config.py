@@ -120,6 +120,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            # derived seeds (per rank, per ensemble member) must stay in torch's seed range
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if not 0 <= self.drop_rate < 1:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
         check_device(self.device)

@@ -105,6 +105,7 @@ def test_resumed_run_equals_uninterrupted_run(folder, tmp_path, monkeypatch):
     (["--prior", "cauchy"], ["cauchy", "uniform01", "halfnormal"]),
     (["--data", "mnist"], ["mnist", "imagefolder:PATH"]),
     (["--train-subset", "2"], ["--train-subset 2", "classes"]),
+    (["--seed", "-1"], ["seed", "-1", "2**32"]),
 ])
 def test_bad_train_inputs_give_one_clear_line(folder, tmp_path, capsys, args, words):
     argv = ["train", *TINY, "--data", f"imagefolder:{folder}", "--out", str(tmp_path / "r"),
