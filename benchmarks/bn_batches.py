@@ -61,6 +61,8 @@ def _plot(out: dict, path: Path) -> None:
     for n in ("x1", "x16"):
         ax.plot(ks, [100 * r[n]["error"] for r in rows], "o-", label=n)
     ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
     ax.set_xlabel(f"recalibration batches of {out['batch_size']} "
                   f"(full epoch = {out['epoch_batches']})")
     ax.set_ylabel("test error (%)")

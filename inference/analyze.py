@@ -37,7 +37,7 @@ from pyro_implicit.analysis import (
 
 from .config import TrainConfig
 from .data import ImageData, load_data
-from .evaluate import sample_probs
+from .evaluate import BN_BATCHES, sample_probs
 from .train import CONFIG, METRICS, Run, fit, load_run
 
 POSTERIOR, SUMMARY = "posterior.nc", "summary.json"
@@ -137,7 +137,7 @@ def analyze(
     pairs: int = 1000,
     predictive_draws: int = 16,
     weights: Iterable[str] = (),
-    bn_batches: int | None = None,
+    bn_batches: int | None = BN_BATCHES,
     test_subset: int | None = None,
     seed: int = 0,
     progress: bool | None = None,
@@ -146,7 +146,7 @@ def analyze(
 
     Weights: ``pairs`` random pairs within residual blocks and as many across blocks, plus the
     named ``weights``. Predictions: on the run's test set (``test_subset`` random points of it
-    when given), BN recalibrated per draw over ``bn_batches`` training batches (default all);
+    when given), BN recalibrated per draw over ``bn_batches`` training batches (None: all);
     ``predictive_draws=0`` skips them (weights only, no data pass). Draw d of the predictions
     is draw d of the weights: both replay the guide's latent draws from ``seed`` (for guides
     whose draws depend on the RNG alone, like the hypernetwork's z).

@@ -18,7 +18,7 @@ from pyro_implicit.strategies import STRATEGIES
 from .config import PRECISIONS, TrainConfig, default_device
 from .data import DATA_CHOICES
 from .distributed import teardown
-from .evaluate import evaluate, evaluate_run, format_table, parse_samples
+from .evaluate import BN_BATCHES, evaluate, evaluate_run, format_table, parse_samples
 from .methods import METHODS, add_method_args, method_options
 from .recipes import describe_recipes, resolve_config
 from .train import TrainingInterrupted, fit
@@ -247,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None, metavar="FILE", help="write the results here")
     ev.add_argument("--data", default=None, metavar="SPEC",
                     help="evaluate on this dataset's test split (same classes)")
-    ev.add_argument("--bn-batches", type=_bn_batches, default=None,
-                    help="training batches for BN recalibration per sample (default: all)")
+    ev.add_argument("--bn-batches", type=_bn_batches, default=BN_BATCHES, metavar="K|all",
+                    help=f"training batches for BN recalibration per sample (default "
+                         f"{BN_BATCHES}; all: one full pass)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
     ev.add_argument("--device", default=None,
                     help="evaluate on this device, e.g. cpu for a run trained on cuda "
@@ -273,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="draws evaluated on the test set, BN recalibrated each (default 16)")
     an.add_argument("--weight", action="append", default=[], metavar="SITE[i,j,..]",
                     help="also record this weight, e.g. stage1.0.conv1.weight[0,0,1,1]")
-    an.add_argument("--bn-batches", type=_bn_batches, default=None,
-                    help="training batches for BN recalibration per draw (default: all)")
+    an.add_argument("--bn-batches", type=_bn_batches, default=BN_BATCHES, metavar="K|all",
+                    help=f"training batches for BN recalibration per draw (default "
+                         f"{BN_BATCHES}; all: one full pass)")
     an.add_argument("--test-subset", type=_positive_int, default=None, metavar="K",
                     help="K random test points instead of the whole test set")
     an.add_argument("--seed", type=int, default=0, help="seed of the draws and pairs")
