@@ -9,7 +9,7 @@ Variants, each with its own network and optimiser, run interleaved step by step 
                 weight decay is the prior, as in train).
 Peak RSS of each variant is measured in a subprocess of its own (a few steps, ru_maxrss).
 Averaging: N = 16 frozen samples evaluated as ``evaluate`` does (model replayed per sample,
-sample-outer loop) against 16 x one plain network (``materialize``) on the same two batches,
+sample-outer loop) against 16 x one plain network (``materialize``) on the same test batches,
 and the same average vectorised over the samples with ``torch.func.vmap``.
 The optimiser step alone (plain and hypernet) is timed too: on a memory-bound CPU it is the
 floor under the hypernet step's overhead (SGD with momentum reads and writes all of theta).
@@ -122,12 +122,15 @@ def time_net(net: str, device: str, batch: int, steps: int, warmup: int,
 
 
 @torch.no_grad()
-def time_averaging(net: str, device: str, batch: int, n: int = 16, repeats: int = 3) -> dict:
-    """Seconds for N-sample averaging vs N x one plain network, on two test batches."""
+def time_averaging(net: str, device: str, batch: int, n: int = 16, batches: int = 8,
+                   repeats: int = 3) -> dict:
+    """Seconds for N-sample averaging vs N x one plain network, on ``batches`` test batches
+    (each sample's kernels are generated once for all of them, as in ``evaluate``)."""
     variant = Variant("hypernet", net, device, batch, channels_last=False)
     model, guide = variant.model, variant.guide
     frozen = freeze_posterior(model, guide, n)
-    inputs = [variant.x, variant.x.flip(0)]
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(batch, 3, 32, 32, generator=g).to(device) for _ in range(batches)]
     plain = model.materialize(frozen.sample_weights(0)).eval()
 
     def single() -> None:
@@ -202,15 +205,23 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="override the per-net batch size")
     p.add_argument("--rss-steps", type=int, default=2, help="steps per peak-RSS subprocess")
     p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--avg-batches", type=int, default=8,
+                   help="test batches of the averaging measurement")
     p.add_argument("--rss-only", action="store_true",
                    help="only (re)measure peak RSS, into the nets of an existing --json FILE")
+    p.add_argument("--averaging-only", action="store_true",
+                   help="only (re)measure averaging, into the nets of an existing --json FILE")
     args = p.parse_args()
-    if args.rss_only:
+    if args.rss_only or args.averaging_only:
         result = json.loads(Path(args.json).read_text())
         for net, row in result["nets"].items():
-            row["peak_rss_mb"] = {k: peak_rss(net, k, args.device, row["batch"], args.rss_steps)
-                                  for k in VARIANTS}
-            print(net, row["peak_rss_mb"], flush=True)
+            if args.rss_only:
+                row["peak_rss_mb"] = {k: peak_rss(net, k, args.device, row["batch"],
+                                                  args.rss_steps) for k in VARIANTS}
+            else:
+                row["averaging"] = time_averaging(net, args.device, row["batch"],
+                                                  batches=args.avg_batches)
+            print(_row(net, row), flush=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return
     if args.steps < 10:
@@ -228,7 +239,7 @@ def main() -> None:
         batch = args.batch or (GPU_BATCH if cuda else CPU_BATCH).get(net, 32)
         row = time_net(net, args.device, batch, args.steps, args.warmup,
                        channels_last=cuda, autocast=cuda)
-        row["averaging"] = time_averaging(net, args.device, batch)
+        row["averaging"] = time_averaging(net, args.device, batch, batches=args.avg_batches)
         if not cuda:
             row["peak_rss_mb"] = {k: peak_rss(net, k, args.device, batch, args.rss_steps)
                                   for k in VARIANTS}
