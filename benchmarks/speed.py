@@ -32,6 +32,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from pyro_implicit import eval_mode, freeze_posterior
+from pyro_implicit.hypernet import release_grads
 from pyro_implicit.inference import TrainConfig
 from pyro_implicit.inference.methods import build
 from pyro_implicit.inference.train import make_loss, make_optimizer, train_step
@@ -76,6 +77,7 @@ class Variant:
         kernels = dict(zip(self.names, self.hypernet(z[self.layer_group]), strict=True))
         logits = functional_call(self.net, kernels, (self.x,), strict=False, tie_weights=False)
         loss = F.cross_entropy(logits, self.y)  # the prior: the optimiser's weight decay
+        release_grads(self.hypernet)  # as train_step
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pyro_implicit import BayesianNetwork
+from pyro_implicit.hypernet import release_grads
 from pyro_implicit.objective import unique_parameters
 
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temp_files, save_checkpoint
@@ -178,6 +179,7 @@ def train_step(model, guide, loss_fn, optimizer: torch.optim.Optimizer, x: torch
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         loss, logits = loss_fn.loss_and_logits(model, guide, x, y,
                                                likelihood_weight=likelihood_weight)
+    release_grads(model, guide)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -21,17 +21,18 @@ class _Generate(torch.autograd.Function):
     """Kernels w_l = W_l h_l for all layers; W_l are row blocks of one (sum sizes, h) tensor."""
 
     @staticmethod
-    def forward(ctx, output: torch.Tensor, hidden: torch.Tensor, sizes: list[int]):
+    def forward(ctx, output: torch.Tensor, hidden: torch.Tensor, sizes: list[int],
+                owner: HyperNetworks):
         ctx.save_for_backward(output, hidden)
-        ctx.sizes = sizes
+        ctx.sizes, ctx.owner = sizes, owner
         return tuple(w @ h for w, h in zip(output.split(sizes), hidden, strict=True))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: torch.Tensor):
         output, hidden = ctx.saved_tensors
-        need_output, need_hidden, _ = ctx.needs_input_grad
-        grad_output = torch.empty_like(output) if need_output else None
+        need_output, need_hidden = ctx.needs_input_grad[:2]
+        grad_output = ctx.owner.take_spare_grad(output) if need_output else None
         # under autocast hidden and the incoming grads are bfloat16 while output stays float32:
         # the hidden gradient is formed in output's dtype and returned in hidden's
         grad_hidden = torch.empty_like(hidden, dtype=output.dtype) if need_hidden else None
@@ -45,7 +46,7 @@ class _Generate(torch.autograd.Function):
             start += size
         if grad_hidden is not None:
             grad_hidden = grad_hidden.to(hidden.dtype)
-        return grad_output, grad_hidden, None
+        return grad_output, grad_hidden, None, None
 
 
 class HyperNetworks(nn.Module):
@@ -60,6 +61,7 @@ class HyperNetworks(nn.Module):
         self.z_dim, self.h_dim = z_dim, h_dim
         self.hidden = nn.Parameter(torch.empty(len(self.shapes), h_dim, z_dim))
         self.output = nn.Parameter(torch.empty(sum(self.sizes), h_dim))
+        self._spare_grad: torch.Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -81,8 +83,34 @@ class HyperNetworks(nn.Module):
                 f"expected z of shape {(len(self.shapes), self.z_dim)}, got {tuple(z.shape)}"
             )
         hidden = torch.relu(torch.bmm(self.hidden, z.unsqueeze(-1)).squeeze(-1))  # (L, h_dim)
-        kernels = _Generate.apply(self.output, hidden, self.sizes)
+        kernels = _Generate.apply(self.output, hidden, self.sizes, self)
         return [w.view(shape) for w, shape in zip(kernels, self.shapes, strict=True)]
+
+    def release_grad(self) -> None:
+        """Set the output layers' gradient to None but keep its memory for the next backward.
+
+        That gradient is h_dim x the generated weights (2.3 GB for WRN-28-10): allocating it
+        afresh every step costs more in page faults than writing it.
+        """
+        if self.output.grad is not None:
+            self._spare_grad, self.output.grad = self.output.grad, None
+
+    def take_spare_grad(self, like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor like ``like``: the released gradient when it fits."""
+        spare, self._spare_grad = self._spare_grad, None
+        if (spare is None or spare.shape != like.shape or spare.dtype != like.dtype
+                or spare.device != like.device or spare.stride() != like.stride()):
+            return torch.empty_like(like)
+        return spare
 
     def extra_repr(self) -> str:
         return f"layers={len(self.shapes)}, z_dim={self.z_dim}, h_dim={self.h_dim}"
+
+
+def release_grads(*modules: nn.Module) -> None:
+    """Set the gradients of every :class:`HyperNetworks` inside ``modules`` to None, keeping
+    their memory for the next backward; call it before ``optimizer.zero_grad``."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, HyperNetworks):
+                m.release_grad()

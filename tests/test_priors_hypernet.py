@@ -80,7 +80,8 @@ def test_generation_gradients_equal_autograd_reference():
     hyper = HyperNetworks(shapes, z_dim=3, h_dim=4).double()
     hidden = torch.rand(3, 4, dtype=torch.double, requires_grad=True)
     output = hyper.output.detach().clone().requires_grad_()
-    torch.autograd.gradcheck(lambda o, h: _Generate.apply(o, h, hyper.sizes), (output, hidden))
+    torch.autograd.gradcheck(lambda o, h: _Generate.apply(o, h, hyper.sizes, hyper),
+                             (output, hidden))
     # the module's gradients equal plain autograd through split views
     z = torch.randn(3, 3, dtype=torch.double)
     cot = [torch.randn(s, dtype=torch.double) for s in shapes]
@@ -92,3 +93,30 @@ def test_generation_gradients_equal_autograd_reference():
     sum((w * c).sum() for w, c in zip(ref, cot, strict=True)).backward()
     torch.testing.assert_close(hyper.output.grad, out.grad)
     torch.testing.assert_close(hyper.hidden.grad, hid.grad)
+
+
+def test_released_gradient_memory_is_reused_and_accumulation_still_sums():
+    from pyro_implicit.hypernet import release_grads
+
+    hyper = HyperNetworks([(4, 3, 3, 3), (5, 4, 1, 1)], z_dim=3, h_dim=4)
+    zs = [torch.randn(2, 3) for _ in range(3)]
+
+    def backward(z):
+        sum(w.square().sum() for w in hyper(z)).backward()
+
+    def fresh(*batch):  # the gradient of the summed losses, from a new module state
+        ref = HyperNetworks([(4, 3, 3, 3), (5, 4, 1, 1)], z_dim=3, h_dim=4)
+        ref.load_state_dict(hyper.state_dict())
+        for z in batch:
+            sum(w.square().sum() for w in ref(z)).backward()
+        return ref.output.grad
+
+    backward(zs[0])
+    first = hyper.output.grad.data_ptr()
+    release_grads(torch.nn.Sequential(hyper))  # as train_step, before zero_grad
+    assert hyper.output.grad is None
+    backward(zs[1])
+    assert hyper.output.grad.data_ptr() == first  # the same memory, overwritten
+    torch.testing.assert_close(hyper.output.grad, fresh(zs[1]))
+    backward(zs[2])  # no release: gradients accumulate as usual
+    torch.testing.assert_close(hyper.output.grad, fresh(zs[1], zs[2]))
