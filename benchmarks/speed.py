@@ -20,6 +20,7 @@ Usage: python benchmarks/speed.py [--device cuda] [--json FILE] [--nets wrn-16-2
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import subprocess
@@ -116,6 +117,8 @@ def time_net(net: str, device: str, batch: int, steps: int, warmup: int,
             _sync(device)
             ts.append(time.perf_counter() - t0)
         update[kind] = statistics.median(ts)
+    variants.clear()  # free the three nets (and their reference cycles) before the next part
+    gc.collect()
     return {"batch": batch, "steps": steps, "plain_s": med["plain"],
             "hypernet_s": med["hypernet"], "bare_s": med["bare"],
             "hypernet_over_plain": med["hypernet"] / med["plain"],
@@ -257,12 +260,12 @@ def main() -> None:
         else:
             row["precision"], row["channels_last"] = "bf16 autocast", True
         result["nets"][net] = row
+        result["wall_s"] = time.perf_counter() - t_start
         print(_row(net, row), flush=True)
-    result["wall_s"] = time.perf_counter() - t_start
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        if args.json:  # after every net: a later net that fails keeps the earlier ones
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.json}")
 
 
 def _row(net: str, r: dict) -> str:
