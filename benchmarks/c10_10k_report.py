@@ -30,7 +30,7 @@ import json
 import statistics
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -213,10 +213,10 @@ def make_table(results: dict[str, dict], runs: Path) -> str:
                for stem in result_stems() if stem not in results]
     bn = bn_budget([r.get("bn_batches") for r in results.values()])
     lines = [
-        "# c10-10k: every method (Table I/IV analogue)", "",
-        "wrn-16-2, 10,000 training images of `imagefolder:../shared/data/cifar10` (1,000 per "
-        "class), full 10,000-image test set, 40 epochs, `benchmarks/c10_10k.py`.", "",
-        HEADER, "|" + "---|" * (HEADER.count("|") - 1), *rows, *spreads, "",
+        *section("c10-10k: every method (Table I/IV analogue)",
+                 "wrn-16-2, 10,000 training images of `imagefolder:../shared/data/cifar10` "
+                 "(1,000 per class), full 10,000-image test set, 40 epochs, "
+                 "`benchmarks/c10_10k.py`.", HEADER, [*rows, *spreads]), "",
         f"- x1: median over {X1_DRAWS} single draws (ensemble: over members 0, 1, 2, 3, 0); "
         "x16: the average of 16 draws (ensemble: each member 4 times, i.e. the 4-member "
         "average; MAP and MLE are point estimates, x1 = x16). `(x4)`: the form was evaluated "
@@ -325,52 +325,63 @@ def missing_note(names: Sequence[str], cache: dict, part: str, runs: Path) -> li
     return ["", "Not available yet: " + ", ".join(missing) + "."] if missing else []
 
 
+def section(title: str, intro: str, header: str, rows: Sequence[str]) -> list[str]:
+    """The lines of a report: heading, introduction and a table (its separator from ``header``)."""
+    return [f"# {title}", "", intro, "", header, "|" + "---|" * (header.count("|") - 1), *rows]
+
+
+def cached_table(title: str, intro: str, header: str, names: Sequence[str], part: str,
+                 row: Callable[[str, dict], str], cache: dict, runs: Path) -> str:
+    """A report with one ``row(name, entry)`` per run of ``names`` whose ``part`` is cached,
+    then the runs still missing."""
+    rows = [row(n, cached(cache, n, part)) for n in names if cached(cache, n, part) is not None]
+    return "\n".join(section(title, intro, header, rows)
+                     + missing_note(names, cache, part, runs)) + "\n"
+
+
+def fault_row(name: str, entry: dict) -> str:
+    """A faults.md row: test points exactly k of the 4 models misclassify, k = 4..1."""
+    counts = entry["fault_table"]["counts"]
+    k = entry["fault_table"]["models"]
+    models = "members 0-3" if name == ENSEMBLE_RUN else f"z draws 1-{k}"
+    wrong = [counts.get(str(j), 0) for j in range(k, 0, -1)]
+    return (f"| {name} | {models} | " + " | ".join(map(str, wrong)) +
+            f" | {sum(wrong)} | {counts['0']} | {100 * entry['fault_disagreement']:.1f}%"
+            f" | {'all' if entry['bn_batches'] is None else entry['bn_batches']} |")
+
+
 def make_faults(cache: dict, runs: Path) -> str:
     """faults.md: counts of test points exactly k of the 4 models misclassify, per run."""
-    header = ("| run | models | 4 wrong | 3 wrong | 2 wrong | 1 wrong | ≥ 1 wrong | all right | "
-              "disagreement | BN batches |")
-    rows = []
-    for name in FAULT_RUNS:
-        entry = cached(cache, name, "predictive")
-        if entry is None:
-            continue
-        counts = entry["fault_table"]["counts"]
-        k = entry["fault_table"]["models"]
-        models = "members 0-3" if name == ENSEMBLE_RUN else f"z draws 1-{k}"
-        wrong = [counts.get(str(j), 0) for j in range(k, 0, -1)]
-        rows.append(f"| {name} | {models} | " + " | ".join(map(str, wrong)) +
-                    f" | {sum(wrong)} | {counts['0']} | {100 * entry['fault_disagreement']:.1f}%"
-                    f" | {'all' if entry['bn_batches'] is None else entry['bn_batches']} |")
-    lines = ["# c10-10k: quadruple faults (Table V analogue)", "",
-             "Test points (of the full test set) that exactly k of 4 models misclassify: 4 z "
-             "draws of each hypernetwork posterior (seed 0, the first 4 draws of its "
-             "evaluation), the 4 members of the MAP ensemble. Disagreement: mean pairwise "
-             "fraction of test points on which two of the 4 predict different classes. BN "
-             "recalibrated per draw (`all`: one pass over the training subset).", "",
-             header, "|" + "---|" * (header.count("|") - 1), *rows]
-    return "\n".join(lines + missing_note(FAULT_RUNS, cache, "predictive", runs)) + "\n"
+    return cached_table(
+        "c10-10k: quadruple faults (Table V analogue)",
+        "Test points (of the full test set) that exactly k of 4 models misclassify: 4 z "
+        "draws of each hypernetwork posterior (seed 0, the first 4 draws of its "
+        "evaluation), the 4 members of the MAP ensemble. Disagreement: mean pairwise "
+        "fraction of test points on which two of the 4 predict different classes. BN "
+        "recalibrated per draw (`all`: one pass over the training subset).",
+        "| run | models | 4 wrong | 3 wrong | 2 wrong | 1 wrong | ≥ 1 wrong | all right | "
+        "disagreement | BN batches |",
+        FAULT_RUNS, "predictive", fault_row, cache, runs)
+
+
+def correlation_row(name: str, entry: dict) -> str:
+    """A correlations.md row: mean |r| within and across blocks of one run."""
+    c, changes = entry["correlation"], RUNS[name][0]
+    return (f"| {name} | {changes['strategy']} | {PRIOR_NAMES[changes['prior']]} | "
+            f"{_fmt(c['within'], 3)} | {_fmt(c['across'], 3)} | "
+            f"{_fmt(c['independent'], 3)} | {c['draws']} | {c['within_pairs']} |")
 
 
 def make_correlations(cache: dict, runs: Path) -> str:
     """correlations.md: mean |r| within and across residual blocks, per strategy."""
-    header = ("| run | z sharing | p(z) | within a block | across blocks | independent | draws | "
-              "pairs |")
-    rows = []
-    for name in CORRELATION_RUNS:
-        entry = cached(cache, name, "weights")
-        if entry is None:
-            continue
-        c = entry["correlation"]
-        changes = RUNS[name][0]
-        rows.append(f"| {name} | {changes['strategy']} | {PRIOR_NAMES[changes['prior']]} | "
-                    f"{_fmt(c['within'], 3)} | {_fmt(c['across'], 3)} | "
-                    f"{_fmt(c['independent'], 3)} | {c['draws']} | {c['within_pairs']} |")
-    lines = ["# c10-10k: weight correlations per z-sharing strategy", "",
-             "Mean |Pearson r| over the posterior draws of random pairs of scalar kernel "
-             "weights, both in one residual block or in two different blocks. `independent`: "
-             "the mean |r| two independent weights show with as many draws (the noise floor).",
-             "", header, "|" + "---|" * (header.count("|") - 1), *rows]
-    return "\n".join(lines + missing_note(CORRELATION_RUNS, cache, "weights", runs)) + "\n"
+    return cached_table(
+        "c10-10k: weight correlations per z-sharing strategy",
+        "Mean |Pearson r| over the posterior draws of random pairs of scalar kernel "
+        "weights, both in one residual block or in two different blocks. `independent`: "
+        "the mean |r| two independent weights show with as many draws (the noise floor).",
+        "| run | z sharing | p(z) | within a block | across blocks | independent | draws | "
+        "pairs |",
+        CORRELATION_RUNS, "weights", correlation_row, cache, runs)
 
 
 def plot_pairs(entry: dict, title: str, path: Path) -> None:
