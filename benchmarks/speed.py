@@ -11,8 +11,10 @@ Peak RSS of each variant is measured in a subprocess of its own (a few steps, ru
 Averaging: N = 16 frozen samples evaluated as ``evaluate`` does (model replayed per sample,
 sample-outer loop) against 16 x one plain network (``materialize``) on the same test batches,
 and the same average vectorised over the samples with ``torch.func.vmap``.
-The optimiser step alone (plain and hypernet) is timed too: on a memory-bound CPU it is the
-floor under the hypernet step's overhead (SGD with momentum reads and writes all of theta).
+The optimiser step alone (plain and hypernet) is timed too: it is one of the hypernet step's
+passes over theta (SGD with momentum reads and writes all of it).
+With ``--json FILE``, the nets measured are written into FILE after each net, keeping the other
+nets already there when FILE comes from the same device, torch and thread count.
 
 Usage: python benchmarks/speed.py [--device cuda] [--json FILE] [--nets wrn-16-2,wrn-28-10]
 """
@@ -224,6 +226,7 @@ def main() -> None:
     p.add_argument("--averaging-only", action="store_true",
                    help="only (re)measure averaging, into the nets of an existing --json FILE")
     args = p.parse_args()
+    vmap_nets = set(args.vmap_nets.split(","))
     if args.rss_only or args.averaging_only:
         result = json.loads(Path(args.json).read_text())
         for net, row in result["nets"].items():
@@ -233,7 +236,7 @@ def main() -> None:
             else:
                 row["averaging"] = time_averaging(net, args.device, row["batch"],
                                                   batches=args.avg_batches,
-                                                  vmap=net in args.vmap_nets.split(","))
+                                                  vmap=net in vmap_nets)
             print(_row(net, row), flush=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return
@@ -246,21 +249,29 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     device_name = torch.cuda.get_device_name(args.device) if cuda else _cpu_name()
     result = {"device": device_name, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "nets": {}}
-    t_start = time.perf_counter()
+              "threads": torch.get_num_threads(), "nets": {}, "wall_s": {},
+              "note": "each net's ratios come from one run; nets measured in separate runs "
+                      "(--nets NAME) are merged into the same --json FILE"}
+    previous = json.loads(Path(args.json).read_text()) if args.json and Path(
+        args.json).is_file() else None
+    if previous and all(previous.get(k) == result[k] for k in ("device", "torch", "threads")):
+        result["nets"] = previous["nets"]
+        if isinstance(previous.get("wall_s"), dict):
+            result["wall_s"] = previous["wall_s"]
     for net in args.nets.split(","):
+        t_start = time.perf_counter()
         batch = args.batch or (GPU_BATCH if cuda else CPU_BATCH).get(net, 32)
         row = time_net(net, args.device, batch, args.steps, args.warmup,
                        channels_last=cuda, autocast=cuda)
         row["averaging"] = time_averaging(net, args.device, batch, batches=args.avg_batches,
-                                          vmap=net in args.vmap_nets.split(","))
+                                          vmap=net in vmap_nets)
         if not cuda:
             row["peak_rss_mb"] = {k: peak_rss(net, k, args.device, batch, args.rss_steps)
                                   for k in VARIANTS}
         else:
             row["precision"], row["channels_last"] = "bf16 autocast", True
         result["nets"][net] = row
-        result["wall_s"] = time.perf_counter() - t_start
+        result["wall_s"][net] = time.perf_counter() - t_start
         print(_row(net, row), flush=True)
         if args.json:  # after every net: a later net that fails keeps the earlier ones
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
