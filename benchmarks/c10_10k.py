@@ -9,6 +9,10 @@ Writes ``RESULTS/NAME[.FORM].json`` per run (the ``evaluate`` JSON plus config, 
 and wall times). Finished runs are skipped and interrupted ones resumed, so the driver can be
 killed and restarted at any point; runs go in the order below (most informative first).
 
+The ensemble's members are the ``map`` runs of seeds 0-3: member m of the seed-0 ensemble trains
+with seed m, which is exactly ``map-s<m>``'s configuration (checked), so ``RUNS/ensemble-s0/
+members/<m>`` is a link to ``RUNS/map-s<m>`` and each of those nets is trained once.
+
 Usage: python benchmarks/c10_10k.py [--only NAME ...] [--list] [--runs runs/c10-10k]
            [--results benchmarks/results/c10-10k] [--bn-batches K]
 Then: python benchmarks/c10_10k_report.py   (tables and plots from the JSON files)
@@ -17,6 +21,7 @@ Then: python benchmarks/c10_10k_report.py   (tables and plots from the JSON file
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runner import run_and_evaluate  # noqa: E402
 
 from pyro_implicit.inference import TrainConfig  # noqa: E402
+from pyro_implicit.inference.ensemble import MEMBERS, member_config  # noqa: E402
 from pyro_implicit.inference.methods import MC_DROPOUT_RATE  # noqa: E402
 from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
+from pyro_implicit.inference.train import CONFIG  # noqa: E402
 
 SAMPLES = (1, 2, 4, 8, 16)
 # widening at N draws builds an N-times wider net from N^2 draws (N^2 times the FLOPs): N <= 4
@@ -43,6 +50,8 @@ RUNS: dict[str, tuple[dict, dict[str, dict]]] = {
     "hypernet-uniform01-s0": (_hypernet("uniform01"), {"": {}}),
     "mle-s0": (dict(method="mle"), {"": {}}),
     "ensemble-s0": (dict(method="ensemble", members=4, member_method="map"), {"": {}}),
+    "map-s1": (dict(method="map", seed=1), {"": {}}),  # trained as ensemble members
+    "map-s2": (dict(method="map", seed=2), {"": {}}),
     "hypernet-blockwise-normal-s0": (_hypernet(strategy="block-wise"),
                                      {"": {}, ".parallelizing": {"form": "parallelizing"}}),
     "hypernet-layerwise-normal-s0": (_hypernet(strategy="layer-wise"),
@@ -53,8 +62,6 @@ RUNS: dict[str, tuple[dict, dict[str, dict]]] = {
     "bbb-s0": (dict(method="bbb", local_reparam=True), {"": {}}),
     "bayes-hypernet-s0": (dict(method="bayes-hypernet"), {"": {}}),
     "mc-dropout-s0": (dict(method="mc-dropout", drop_rate=MC_DROPOUT_RATE), {"": {}}),
-    "map-s1": (dict(method="map", seed=1), {"": {}}),
-    "map-s2": (dict(method="map", seed=2), {"": {}}),
     "hypernet-normal-s1": (_hypernet(seed=1), {"": {}}),
     "hypernet-normal-s2": (_hypernet(seed=2), {"": {}}),
 }
@@ -64,6 +71,30 @@ def config_for(name: str, data: str) -> TrainConfig:
     """The protocol's TrainConfig for run ``name`` (one of RUNS) reading ``data``."""
     changes, _ = RUNS[name]
     return TrainConfig(**{**C10_10K, "data": data, "recipe": "c10-10k", **changes})
+
+
+def link_members(name: str, config: TrainConfig, runs: Path) -> None:
+    """Make ``runs/name/members/<m>`` a link to ``runs/<member method>-s<m>`` when ``config`` is
+    an ensemble whose member m has exactly that run's configuration (so each net trains once)."""
+    if config.method != "ensemble":
+        return
+    for m in range(config.members):
+        member, target = member_config(config, m), runs / f"{config.member_method}-s{m}"
+        expected = {"RUNS": config_for(target.name, config.data) if target.name in RUNS else None,
+                    "its saved config": (TrainConfig.load(target / CONFIG)
+                                         if (target / CONFIG).is_file() else None)}
+        for what, other in expected.items():
+            if other is not None and other != member:
+                diff = {k: (v, getattr(other, k)) for k, v in vars(member).items()
+                        if v != getattr(other, k)}
+                raise ValueError(f"{name} member {m} is not {target} ({what}); differing "
+                                 f"(member, run): {diff}")
+        link = runs / name / MEMBERS / str(m)
+        if link.is_symlink() or link.exists():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
 
 
 def main() -> None:
@@ -87,7 +118,9 @@ def main() -> None:
         _, evaluations = RUNS[name]
         evaluations = {suffix: {"samples": SAMPLES, "bn_batches": args.bn_batches, **kwargs}
                        for suffix, kwargs in evaluations.items()}
-        run_and_evaluate(name, config_for(name, args.data), args.runs, args.results, evaluations)
+        config = config_for(name, args.data)
+        link_members(name, config, args.runs)
+        run_and_evaluate(name, config, args.runs, args.results, evaluations)
 
 
 if __name__ == "__main__":

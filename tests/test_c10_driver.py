@@ -1,0 +1,54 @@
+"""benchmarks/c10_10k.py: the ensemble's members are the map runs of seeds 0-3, linked rather
+than trained twice, and a member whose configuration differs is refused."""
+
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyro_implicit.inference.config import TrainConfig
+from pyro_implicit.inference.ensemble import member_config
+from pyro_implicit.inference.train import fit, load_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import c10_10k as driver  # noqa: E402
+
+TINY = dict(model="wrn-10-1", data="digits", epochs=1, batch_size=64)
+
+
+def test_protocol_ensemble_members_are_the_map_seed_runs():
+    ensemble = driver.config_for("ensemble-s0", "some/data")
+    for m in range(3):
+        assert member_config(ensemble, m) == driver.config_for(f"map-s{m}", "some/data")
+
+
+def test_linked_members_train_once_and_form_the_ensemble(tmp_path, monkeypatch):
+    monkeypatch.setattr(driver, "RUNS", {})  # tiny configs, not the protocol's
+    map0 = fit(TrainConfig(**TINY, method="map", seed=0), tmp_path / "map-s0", progress=False)
+    trained = (tmp_path / "map-s0" / "checkpoint.pt").read_bytes()
+    config = TrainConfig(**TINY, method="ensemble", members=4, member_method="map")
+    driver.link_members("ens", config, tmp_path)
+    for m in range(4):
+        link = tmp_path / "ens" / "members" / str(m)
+        assert link.is_symlink() and link.resolve() == (tmp_path / f"map-s{m}").resolve()
+    pyro.clear_param_store()
+    fit(config, tmp_path / "ens", progress=False)
+    assert (tmp_path / "map-s0" / "checkpoint.pt").read_bytes() == trained  # not retrained
+    map1 = load_run(tmp_path / "map-s1")
+    assert map1.config == member_config(config, 1)
+    ensemble = load_run(tmp_path / "ens")
+    for m, run in enumerate((map0, map1)):
+        weights = ensemble.guide.weights(torch.tensor([m]))
+        for name, param in run.model.net.named_parameters():
+            torch.testing.assert_close(weights[name], param.detach())
+
+
+def test_member_with_another_config_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(driver, "RUNS", {})
+    fit(TrainConfig(**TINY, method="map", seed=7), tmp_path / "map-s1", progress=False)
+    config = TrainConfig(**TINY, method="ensemble", members=4, member_method="map")
+    with pytest.raises(ValueError, match=r"member 1 is not .*map-s1.*'seed': \(1, 7\)"):
+        driver.link_members("ens", config, tmp_path)
+    assert not (tmp_path / "ens" / "members" / "1").exists()
