@@ -1,0 +1,86 @@
+"""Training-step cost of every method against a plain ``map`` step, as ``train`` runs them.
+
+One process, the methods interleaved step by step on the same random batch, warm-up excluded,
+median over ``--steps``. An ensemble's step is a ``map`` member's step (its members train one
+after another), so it is not listed.
+
+Usage: python benchmarks/method_steps.py [--net wrn-16-2] [--batch 128] [--steps 10]
+           [--json benchmarks/results/speed/method_steps.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import _cpu_name  # noqa: E402
+
+from pyro_implicit.inference import TrainConfig  # noqa: E402
+from pyro_implicit.inference.methods import MC_DROPOUT_RATE, build  # noqa: E402
+from pyro_implicit.inference.train import make_loss, make_optimizer, train_step  # noqa: E402
+
+METHODS: dict[str, dict] = {
+    "map": dict(method="map"),
+    "mle": dict(method="mle"),
+    "hypernet": dict(method="hypernet"),
+    "bbb": dict(method="bbb"),
+    "bbb --local-reparam": dict(method="bbb", local_reparam=True),
+    "bayes-hypernet": dict(method="bayes-hypernet"),
+    "mc-dropout": dict(method="mc-dropout", drop_rate=MC_DROPOUT_RATE),
+}
+
+
+def time_methods(net: str, batch: int, steps: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Step seconds of every method of METHODS, interleaved."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    steppers = {}
+    for name, changes in METHODS.items():
+        config = TrainConfig(model=net, **changes)
+        torch.manual_seed(0)
+        model, guide = build(config, 10, 3, 10_000)
+        model.train()
+        guide.train()
+        loss, optimizer = make_loss(config), make_optimizer(config, model, guide)
+        steppers[name] = (model, guide, loss, optimizer)
+    times: dict[str, list[float]] = {name: [] for name in METHODS}
+    for i in range(warmup + steps):
+        for name, (model, guide, loss, optimizer) in steppers.items():
+            t0 = time.perf_counter()
+            train_step(model, guide, loss, optimizer, x, y)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--net", default="wrn-16-2")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--json", default="benchmarks/results/speed/method_steps.json")
+    args = p.parse_args()
+    if args.steps < 1:
+        p.error(f"--steps {args.steps}: must be >= 1")
+    times = time_methods(args.net, args.batch, args.steps)
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    result = {"device": _cpu_name(), "torch": torch.__version__, "net": args.net,
+              "batch": args.batch, "steps": args.steps, "median_s": median,
+              "over_map": {name: s / median["map"] for name, s in median.items()},
+              "times_s": times}
+    for name, s in median.items():
+        print(f"{name:22s} {s:.3f} s  {result['over_map'][name]:.2f}x map")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
