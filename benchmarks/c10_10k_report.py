@@ -10,7 +10,7 @@ analyses that need weights or predictions, the run folders ``RUNS/NAME``. Writes
   misclassify;
 - ``correlations.md``, ``pairs_normal.png``, ``pairs_uniform01.png``: weight correlations within
   and across residual blocks per strategy, and the Fig. 9 pair plots;
-- ``reliability.png``: MAP vs hypernet x16 vs the 4-member ensemble;
+- ``reliability.png``: MAP vs the N(0,1) and U(0,1) hypernets x16 vs the 4-member ensemble;
 - ``analysis.json``: the analyses' numbers per run name. They need forward passes with BN
   recalibrated per draw (minutes per run), so they are computed once and reused
   (``--refresh`` recomputes them, ``--no-compute`` only reads what is cached).
@@ -69,7 +69,8 @@ from pyro_implicit.inference.recipes import PRIOR_NAMES  # noqa: E402
 from pyro_implicit.inference.train import CONFIG, Run  # noqa: E402
 
 SEED = 0  # as evaluate: the analyses' first draws are the evaluation's draws
-MAP_RUN, X16_RUN, ENSEMBLE_RUN = "map-s0", "hypernet-normal-s0", "ensemble-s0"
+MAP_RUN, ENSEMBLE_RUN = "map-s0", "ensemble-s0"
+X16_RUNS = ("hypernet-normal-s0", "hypernet-uniform01-s0")  # averaged over 16 in the diagram
 MAX_DRAWS = 16
 METRICS = ("error", "nll", "ece", "brier")
 METHOD_LABELS = {"map": "MAP", "mle": "MLE", "bbb": "BBB", "bayes-hypernet": "Bayesian hypernet",
@@ -89,11 +90,13 @@ CORRELATION_RUNS = ("hypernet-normal-s0", "hypernet-blockwise-normal-s0",
                     "hypernet-layerwise-normal-s0", "hypernet-uniform01-s0")
 PAIR_PLOTS = {"hypernet-normal-s0": "pairs_normal.png",
               "hypernet-uniform01-s0": "pairs_uniform01.png"}
-RELIABILITY = {MAP_RUN: "MAP", X16_RUN: "hypernet", ENSEMBLE_RUN: "ensemble"}
+RELIABILITY = {MAP_RUN: "MAP", **{name: f"hypernet {PRIOR_NAMES[RUNS[name][0]['prior']]}"
+                                   for name in X16_RUNS}, ENSEMBLE_RUN: "ensemble"}
 # predictive draws per analysed run: 4 for the fault table, all members of the ensemble, 16 for
-# the reliability of the hypernet's x16 average, the one network of MAP
+# the reliability of the hypernets' x16 averages, the one network of MAP
 PREDICTIVE = {**{name: FAULT_MODELS for name in FAULT_RUNS},
-              ENSEMBLE_RUN: RUNS[ENSEMBLE_RUN][0]["members"], X16_RUN: MAX_DRAWS, MAP_RUN: 1}
+              ENSEMBLE_RUN: RUNS[ENSEMBLE_RUN][0]["members"],
+              **{name: MAX_DRAWS for name in X16_RUNS}, MAP_RUN: 1}
 PREDICTIVE_KEYS = ("predictive_draws", "num_test", "fault_table", "averaging", "calibration")
 
 
@@ -300,7 +303,9 @@ def update_analyses(cache: dict, args: argparse.Namespace, path: Path) -> None:
         if "predictive" in entry and entry["predictive"]["bn_batches"] != args.bn_batches:
             print(f"note: {name}'s cached predictions used --bn-batches "
                   f"{entry['predictive']['bn_batches']}; --refresh to recompute them")
-        predictive = PREDICTIVE.get(name, 0) if "predictive" not in entry else 0
+        needed = PREDICTIVE.get(name, 0)  # recomputed when fewer draws are cached
+        predictive = needed if entry.get("predictive", {}).get("predictive_draws", 0) < needed \
+            else 0
         weights = name in CORRELATION_RUNS and "weights" not in entry
         if (predictive or weights) and is_finished(args.runs / name):
             todo[name] = predictive, weights
@@ -401,7 +406,7 @@ def plot_pairs(entry: dict, title: str, path: Path) -> None:
 
 
 def plot_reliability_bins(cache: dict, path: Path) -> bool:
-    """Reliability diagram of the cached averages of MAP, hypernet x16 and the ensemble;
+    """Reliability diagram of the cached averages of MAP, the hypernets x16 and the ensemble;
     False when none is cached."""
     entries = {name: cached(cache, name, "predictive") for name in RELIABILITY}
     entries = {name: e for name, e in entries.items() if e is not None}
