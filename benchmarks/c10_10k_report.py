@@ -339,7 +339,8 @@ def cached_table(title: str, intro: str, header: str, names: Sequence[str], part
                  row: Callable[[str, dict], str], cache: dict, runs: Path) -> str:
     """A report with one ``row(name, entry)`` per run of ``names`` whose ``part`` is cached,
     then the runs still missing."""
-    rows = [row(n, cached(cache, n, part)) for n in names if cached(cache, n, part) is not None]
+    entries = {n: cached(cache, n, part) for n in names}
+    rows = [row(n, entry) for n, entry in entries.items() if entry is not None]
     return "\n".join(section(title, intro, header, rows)
                      + missing_note(names, cache, part, runs)) + "\n"
 

@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import _cpu_name  # noqa: E402
+from speed import Variant, _cpu_name  # noqa: E402
 
-from pyro_implicit.inference import TrainConfig  # noqa: E402
-from pyro_implicit.inference.methods import MC_DROPOUT_RATE, build  # noqa: E402
-from pyro_implicit.inference.train import make_loss, make_optimizer, train_step  # noqa: E402
+from pyro_implicit.inference.methods import MC_DROPOUT_RATE  # noqa: E402
 
 METHODS: dict[str, dict] = {
     "map": dict(method="map"),
@@ -39,22 +37,13 @@ METHODS: dict[str, dict] = {
 
 def time_methods(net: str, batch: int, steps: int, warmup: int = 2) -> dict[str, list[float]]:
     """Step seconds of every method of METHODS, interleaved."""
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
-    steppers = {}
-    for name, changes in METHODS.items():
-        config = TrainConfig(model=net, **changes)
-        torch.manual_seed(0)
-        model, guide = build(config, 10, 3, 10_000)
-        model.train()
-        guide.train()
-        loss, optimizer = make_loss(config), make_optimizer(config, model, guide)
-        steppers[name] = (model, guide, loss, optimizer)
+    variants = {name: Variant(name, net, "cpu", batch, False, changes, num_data=10_000)
+                for name, changes in METHODS.items()}
     times: dict[str, list[float]] = {name: [] for name in METHODS}
     for i in range(warmup + steps):
-        for name, (model, guide, loss, optimizer) in steppers.items():
+        for name, variant in variants.items():
             t0 = time.perf_counter()
-            train_step(model, guide, loss, optimizer, x, y)
+            variant.step()
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
     return times

@@ -47,13 +47,16 @@ GPU_BATCH = {"wrn-16-2": 128, "wrn-28-10": 128}
 
 
 class Variant:
-    """One benchmarked training step with its own model, guide and optimiser."""
+    """One benchmarked training step with its own model, guide and optimiser: ``kind`` is one
+    of VARIANTS, or any name with ``changes`` (TrainConfig fields, e.g. another method)."""
 
-    def __init__(self, kind: str, net: str, device: str, batch: int, channels_last: bool):
+    def __init__(self, kind: str, net: str, device: str, batch: int, channels_last: bool,
+                 changes: dict | None = None, num_data: int = 50_000):
         method = "map" if kind == "plain" else "hypernet"
-        self.config = TrainConfig(model=net, method=method, device=device)
+        self.config = TrainConfig(**{"model": net, "method": method, "device": device,
+                                     **(changes or {})})
         torch.manual_seed(0)
-        self.model, self.guide = build(self.config, 10, 3, 50_000)
+        self.model, self.guide = build(self.config, 10, 3, num_data)
         self.model.to(device).train()
         self.guide.to(device).train()
         if channels_last:
