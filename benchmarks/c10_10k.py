@@ -75,11 +75,13 @@ def config_for(name: str, data: str) -> TrainConfig:
 
 def link_members(name: str, config: TrainConfig, runs: Path) -> None:
     """Make ``runs/name/members/<m>`` a link to ``runs/<member method>-s<m>`` when ``config`` is
-    an ensemble whose member m has exactly that run's configuration (so each net trains once)."""
+    an ensemble whose member m has exactly that run's configuration (so each net trains once).
+    Every member is checked before any link is made."""
     if config.method != "ensemble":
         return
-    for m in range(config.members):
-        member, target = member_config(config, m), runs / f"{config.member_method}-s{m}"
+    targets = [runs / f"{config.member_method}-s{m}" for m in range(config.members)]
+    for m, target in enumerate(targets):
+        member = member_config(config, m)
         expected = {"RUNS": config_for(target.name, config.data) if target.name in RUNS else None,
                     "its saved config": (TrainConfig.load(target / CONFIG)
                                          if (target / CONFIG).is_file() else None)}
@@ -89,6 +91,7 @@ def link_members(name: str, config: TrainConfig, runs: Path) -> None:
                         if v != getattr(other, k)}
                 raise ValueError(f"{name} member {m} is not {target} ({what}); differing "
                                  f"(member, run): {diff}")
+    for m, target in enumerate(targets):
         link = runs / name / MEMBERS / str(m)
         if link.is_symlink() or link.exists():
             continue
@@ -119,7 +122,10 @@ def main() -> None:
         evaluations = {suffix: {"samples": SAMPLES, "bn_batches": args.bn_batches, **kwargs}
                        for suffix, kwargs in evaluations.items()}
         config = config_for(name, args.data)
-        link_members(name, config, args.runs)
+        try:
+            link_members(name, config, args.runs)
+        except ValueError as err:  # a run folder left by another configuration: one line
+            p.error(str(err))
         run_and_evaluate(name, config, args.runs, args.results, evaluations)
 
 

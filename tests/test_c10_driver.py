@@ -51,4 +51,4 @@ def test_member_with_another_config_is_refused(tmp_path, monkeypatch):
     config = TrainConfig(**TINY, method="ensemble", members=4, member_method="map")
     with pytest.raises(ValueError, match=r"member 1 is not .*map-s1.*'seed': \(1, 7\)"):
         driver.link_members("ens", config, tmp_path)
-    assert not (tmp_path / "ens" / "members" / "1").exists()
+    assert not (tmp_path / "ens").exists() and not (tmp_path / "map-s0").exists()  # nothing made
