@@ -12,7 +12,8 @@ Averaging: N = 16 frozen samples evaluated as ``evaluate`` does (model replayed 
 sample-outer loop) against 16 x one plain network (``materialize``) on the same test batches,
 and the same average vectorised over the samples with ``torch.func.vmap``.
 The optimiser step alone (plain and hypernet) is timed too: it is one of the hypernet step's
-passes over theta (SGD with momentum reads and writes all of it).
+passes over theta (SGD with momentum reads and writes all of it). So is the bandwidth floor:
+plain step + the least memory traffic over theta a hypernet step needs (:func:`theta_floor`).
 With ``--json FILE``, the nets measured are written into FILE after each net, keeping the other
 nets already there when FILE comes from the same device, torch and thread count.
 
@@ -122,13 +123,40 @@ def time_net(net: str, device: str, batch: int, steps: int, warmup: int,
             _sync(device)
             ts.append(time.perf_counter() - t0)
         update[kind] = statistics.median(ts)
+    floor = theta_floor(variants["hypernet"].guide.hypernet.output.detach(), device,
+                        med["plain"])
     variants.clear()  # free the three nets (and their reference cycles) before the next part
     gc.collect()
     return {"batch": batch, "steps": steps, "plain_s": med["plain"],
             "hypernet_s": med["hypernet"], "bare_s": med["bare"],
             "hypernet_over_plain": med["hypernet"] / med["plain"],
             "pyro_over_bare": med["hypernet"] / med["bare"],
-            "optimizer_step_s": update, "times_s": times}
+            "optimizer_step_s": update, "theta_floor": floor, "times_s": times}
+
+
+@torch.no_grad()
+def theta_floor(theta: torch.Tensor, device: str, plain_s: float, repeats: int = 5) -> dict:
+    """The least time a hypernet step can add to a plain one: its passes over the output layers
+    theta at this machine's memory bandwidth. Generating the kernels reads theta once; SGD with
+    momentum reads and writes theta and its momentum buffer (the hidden gradient, the outer
+    product and weight decay can all ride on that pass). Read: ``theta.sum()``; read and write:
+    ``theta.mul_(1)``, which leaves theta unchanged."""
+    def median_s(fn) -> float:
+        fn()
+        ts = []
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    read_s, read_write_s = median_s(theta.sum), median_s(lambda: theta.mul_(1))
+    floor_s = read_s + 2 * read_write_s
+    return {"gb": theta.numel() * theta.element_size() / 1e9, "read_s": read_s,
+            "read_write_s": read_write_s, "floor_s": floor_s,
+            "hypernet_over_plain_floor": (plain_s + floor_s) / plain_s}
 
 
 @torch.no_grad()
@@ -293,7 +321,9 @@ def _row(net: str, r: dict) -> str:
             f"{avg['xn_over_n_single']:.3f}  vmap/loop "
             f"{avg.get('vmap_over_loop', float('nan')):.3f}  optimiser step "
             f"plain {r['optimizer_step_s']['plain']:.3f}s hypernet "
-            f"{r['optimizer_step_s']['hypernet']:.3f}s{rss_text}")
+            f"{r['optimizer_step_s']['hypernet']:.3f}s  bandwidth floor b/a "
+            f"{r.get('theta_floor', {}).get('hypernet_over_plain_floor', float('nan')):.3f}"
+            f"{rss_text}")
 
 
 def _cpu_name() -> str:

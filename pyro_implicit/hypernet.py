@@ -5,16 +5,68 @@ matmul; all output layers are one (sum of kernel sizes, h_dim) tensor split into
 views, so the optimiser sees two large tensors instead of 2L small ones. The output layers hold
 h_dim x the generated weights (2.3 GB for WRN-28-10), so their backward writes each layer's
 gradient straight into one tensor (:class:`_Generate`): autograd's own split backward would
-materialise it twice.
+materialise it twice. On CPU their matrix-vector products (generation, and the hidden layers'
+gradient) run on a few Python threads over row ranges of theta: BLAS runs each on one core, and
+these passes over theta are a large part of the step on big networks.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import torch
 from torch import nn
+
+MIN_TASK_ROWS = 1 << 16  # a layer's rows of theta are split across threads only in ranges this long
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _threads_for(output: torch.Tensor) -> int:
+    """How many threads share theta's matrix-vector products: torch's CPU threads, else 1 (on
+    an accelerator, or under autocast, whose casts ``out=`` products would skip)."""
+    if output.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return 1
+    return torch.get_num_threads()
+
+
+def _row_ranges(sizes: Sequence[int], threads: int) -> list[tuple[int, int, int]]:
+    """(layer, first row, end row) ranges of each layer's output block, in block coordinates:
+    a layer of at least ``threads x MIN_TASK_ROWS`` rows is cut into ``threads`` ranges."""
+    ranges = []
+    for layer, size in enumerate(sizes):
+        parts = max(1, min(threads, size // MIN_TASK_ROWS))
+        cuts = [size * k // parts for k in range(parts + 1)]
+        ranges += [(layer, a, b) for a, b in pairwise(cuts)]
+    return ranges
+
+
+@torch.no_grad()
+def _each_range(fn: Callable[[int, int, int, int], object], sizes: Sequence[int],
+                threads: int) -> list[tuple[int, int, int]]:
+    """Call ``fn(j, layer, a, b)`` for every range j of :func:`_row_ranges` and return them; the
+    ranges of cut layers run on a pool of ``threads`` Python threads (torch releases the GIL),
+    the others here: a thread hand-off costs more than a small layer's product."""
+    global _pool
+    ranges = _row_ranges(sizes, threads)
+    whole = {layer for layer, a, b in ranges if b - a == sizes[layer]}
+    pooled = [(j, r) for j, r in enumerate(ranges) if r[0] not in whole]
+    if pooled and (_pool is None or _pool[0] != threads):
+        _pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="hypernet"))
+    futures = [_pool[1].submit(_no_grad_call, fn, j, *r) for j, r in pooled]
+    for j, r in enumerate(ranges):
+        if r[0] in whole:
+            fn(j, *r)
+    for future in futures:
+        future.result()
+    return ranges
+
+
+@torch.no_grad()
+def _no_grad_call(fn: Callable[..., object], *args: int) -> None:
+    fn(*args)  # grad mode is per thread: a pool thread has it on, and ``out=`` refuses it
 
 
 class _Generate(torch.autograd.Function):
@@ -25,7 +77,14 @@ class _Generate(torch.autograd.Function):
                 owner: HyperNetworks):
         ctx.save_for_backward(output, hidden)
         ctx.sizes, ctx.owner = sizes, owner
-        return tuple(w @ h for w, h in zip(output.split(sizes), hidden, strict=True))
+        blocks = output.split(sizes)
+        threads = _threads_for(output)
+        if threads == 1:
+            return tuple(w @ h for w, h in zip(blocks, hidden, strict=True))
+        kernels = [output.new_empty(size) for size in sizes]
+        _each_range(lambda j, i, a, b: torch.mv(blocks[i][a:b], hidden[i], out=kernels[i][a:b]),
+                    sizes, threads)
+        return tuple(kernels)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -35,17 +94,19 @@ class _Generate(torch.autograd.Function):
         grad_output = ctx.owner.take_spare_grad(output) if need_output else None
         # under autocast hidden and the incoming grads are bfloat16 while output stays float32:
         # the hidden gradient is formed in output's dtype and returned in hidden's
-        grad_hidden = torch.empty_like(hidden, dtype=output.dtype) if need_hidden else None
-        start = 0
-        for i, (size, g) in enumerate(zip(ctx.sizes, grads, strict=True)):
-            rows = slice(start, start + size)
-            if need_output:  # the outer product g h^T, written in place
-                torch.mul(g.unsqueeze(1), hidden[i].unsqueeze(0), out=grad_output[rows])
-            if need_hidden:
-                torch.mv(output[rows].t(), g.to(output.dtype), out=grad_hidden[i])
-            start += size
-        if grad_hidden is not None:
+        grad_hidden = None
+        if need_hidden:  # theta_l^T g_l, summed over each layer's row ranges
+            blocks, grads32 = output.split(ctx.sizes), [g.to(output.dtype) for g in grads]
+            threads = _threads_for(output)
+            partials = output.new_empty(len(_row_ranges(ctx.sizes, threads)), hidden.shape[1])
+            ranges = _each_range(lambda j, i, a, b: torch.mv(
+                blocks[i][a:b].t(), grads32[i][a:b], out=partials[j]), ctx.sizes, threads)
+            layer = torch.tensor([i for i, _, _ in ranges], device=output.device)
+            grad_hidden = partials.new_zeros(hidden.shape).index_add_(0, layer, partials)
             grad_hidden = grad_hidden.to(hidden.dtype)
+        if need_output:  # the outer products g_l h_l^T, written in place
+            for block, g, h in zip(grad_output.split(ctx.sizes), grads, hidden, strict=True):
+                torch.mul(g.unsqueeze(1), h.unsqueeze(0), out=block)
         return grad_output, grad_hidden, None, None
 
 

@@ -120,3 +120,49 @@ def test_released_gradient_memory_is_reused_and_accumulation_still_sums():
     torch.testing.assert_close(hyper.output.grad, fresh(zs[1]))
     backward(zs[2])  # no release: gradients accumulate as usual
     torch.testing.assert_close(hyper.output.grad, fresh(zs[1], zs[2]))
+
+
+def test_row_ranges_cover_each_layer_once():
+    from pyro_implicit import hypernet
+
+    sizes = [5 * hypernet.MIN_TASK_ROWS, hypernet.MIN_TASK_ROWS - 1, 3 * hypernet.MIN_TASK_ROWS]
+    ranges = hypernet._row_ranges(sizes, threads=4)
+    assert [(layer, a, b) for layer, a, b in ranges if layer == 1] == [(1, 0, sizes[1])]
+    assert sum(layer == 0 for layer, _, _ in ranges) == 4  # min(threads, size // MIN_TASK_ROWS)
+    assert sum(layer == 2 for layer, _, _ in ranges) == 3
+    for layer, size in enumerate(sizes):
+        own = [(a, b) for i, a, b in ranges if i == layer]
+        assert own[0][0] == 0 and own[-1][1] == size
+        assert all(b == a2 for (_, b), (a2, _) in zip(own, own[1:], strict=False))
+    assert hypernet._row_ranges(sizes, threads=1) == [(i, 0, s) for i, s in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threaded_generation_equals_one_product_per_layer(monkeypatch, threads):
+    """With theta cut into row ranges on a thread pool, kernels and both gradients equal the
+    per-layer products (same numbers in a different summation order)."""
+    from pyro_implicit import hypernet
+
+    monkeypatch.setattr(hypernet, "MIN_TASK_ROWS", 7)  # cut even these small layers
+    monkeypatch.setattr(hypernet, "_threads_for", lambda output: threads)
+    shapes = [(4, 3, 3, 3), (2, 5, 1, 1), (8, 2, 3, 3)]  # 108 and 144 rows cut, 10 whole
+    hyper = HyperNetworks(shapes, z_dim=3, h_dim=4).double()
+    z = torch.randn(3, 3, dtype=torch.double)
+    cot = [torch.randn(s, dtype=torch.double) for s in shapes]
+    kernels = hyper(z)
+    sum((w * c).sum() for w, c in zip(kernels, cot, strict=True)).backward()
+    out = hyper.output.detach().clone().requires_grad_()
+    hid = hyper.hidden.detach().clone().requires_grad_()
+    h = torch.relu(torch.bmm(hid, z.unsqueeze(-1)).squeeze(-1))
+    ref = [(w @ v).view(s) for w, v, s in zip(out.split(hyper.sizes), h, shapes, strict=True)]
+    sum((w * c).sum() for w, c in zip(ref, cot, strict=True)).backward()
+    for k, r in zip(kernels, ref, strict=True):
+        torch.testing.assert_close(k, r)
+    torch.testing.assert_close(hyper.output.grad, out.grad)
+    torch.testing.assert_close(hyper.hidden.grad, hid.grad)
+    if threads > 1:
+        assert hypernet._pool is not None and hypernet._pool[0] == threads
+        torch.autograd.gradcheck(
+            lambda o, v: hypernet._Generate.apply(o, v, hyper.sizes, hyper),
+            (out.detach().requires_grad_(), torch.rand(3, 4, dtype=torch.double,
+                                                       requires_grad=True)))
