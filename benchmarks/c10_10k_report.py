@@ -174,14 +174,18 @@ HEADER = ("| run | method | error x1 % | error x16 % | NLL x1 | NLL x16 | ECE x1
           "Brier x1 | Brier x16 | s/epoch |")
 
 
+def md_row(cells: list[str]) -> str:
+    """A markdown table row; a ``|`` inside a cell (the half-normal prior's |N(0,1)|) escaped."""
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
 def table_row(stem: str, result: dict) -> str:
     """The table.md row of one result; xN cells are marked when N stopped below 16."""
     cells = [_fmt(v, d) for v, d in zip(metric_cells(result), DIGITS, strict=True)]
     n = largest_n(result)
     if n != "16":  # widening: N <= 4
         cells[1::2] = [f"{c} (x{n})" for c in cells[1::2]]
-    return "| " + " | ".join([stem, method_label(result), *cells,
-                              _fmt(seconds_per_epoch(result), 1)]) + " |"
+    return md_row([stem, method_label(result), *cells, _fmt(seconds_per_epoch(result), 1)])
 
 
 def spread_row(group: str, results: dict[str, dict]) -> str | None:
@@ -198,7 +202,7 @@ def spread_row(group: str, results: dict[str, dict]) -> str | None:
                      if len(values) >= 2 else "-")
     seeds = ",".join(map(str, found))
     label = f"{method_label(next(iter(found.values())))}, mean ± std"
-    return "| " + " | ".join([f"**{group}-s{{{seeds}}}**", label, *cells]) + " |"
+    return md_row([f"**{group}-s{{{seeds}}}**", label, *cells])
 
 
 def bn_budget(values: Sequence[int | None]) -> str:
@@ -373,9 +377,9 @@ def make_faults(cache: dict, runs: Path) -> str:
 def correlation_row(name: str, entry: dict) -> str:
     """A correlations.md row: mean |r| within and across blocks of one run."""
     c, changes = entry["correlation"], RUNS[name][0]
-    return (f"| {name} | {changes['strategy']} | {PRIOR_NAMES[changes['prior']]} | "
-            f"{_fmt(c['within'], 3)} | {_fmt(c['across'], 3)} | "
-            f"{_fmt(c['independent'], 3)} | {c['draws']} | {c['within_pairs']} |")
+    return md_row([name, changes["strategy"], PRIOR_NAMES[changes["prior"]],
+                   *(_fmt(c[k], 3) for k in ("within", "across", "independent")),
+                   str(c["draws"]), str(c["within_pairs"])])
 
 
 def make_correlations(cache: dict, runs: Path) -> str:

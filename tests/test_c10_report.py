@@ -107,3 +107,11 @@ def test_report_with_nothing_finished(tmp_path, capsys):
     assert f"Not available yet ({len(report.result_stems())})" in table
     assert not list(out.glob("*.png")) and not (out / "analysis.json").exists()
     assert "wrote table.md, faults.md, correlations.md" in capsys.readouterr().out
+
+
+def test_table_row_escapes_the_half_normal_priors_bars():
+    row = report.table_row("hypernet-halfnormal-s0", result(
+        "hypernet", {1: 0.28, 16: 0.27}, strategy="all-in-one", prior="halfnormal"))
+    assert "\\|N(0,1)\\|" in row
+    cells = row.replace("\\|", "").strip("|").split("|")  # the unescaped bars split the cells
+    assert len(cells) == 2 + len(report.DIGITS) + 1  # name, method, metrics, s/epoch
