@@ -120,9 +120,10 @@ def test_bbb_elbo_equals_the_hand_computed_value_for_one_layer():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_local_reparameterisation_matches_the_moments_of_sampled_weights():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_local_reparameterisation_matches_the_moments_of_sampled_weights(layout):
     torch.manual_seed(0)
-    x = torch.randn(1, 2, 5, 5)
+    x = torch.randn(2, 2, 5, 5).contiguous(memory_format=layout)  # training batches: channels-last
     loc, scale = torch.randn(3, 2, 3, 3) * 0.3, torch.rand(3, 2, 3, 3) * 0.3
     n = 4000
     w = loc + scale * torch.randn(n, *loc.shape)
@@ -134,6 +135,25 @@ def test_local_reparameterisation_matches_the_moments_of_sampled_weights():
     assert torch.equal(plain, F.conv2d(x, loc, padding=1))
     assert torch.allclose(local.mean(0), sampled.mean(0), atol=0.06)
     assert torch.allclose(local.var(0), sampled.var(0), rtol=0.15, atol=0.01)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.empty(4, 3, 5, 6),
+    lambda: torch.empty(4, 3, 5, 6).contiguous(memory_format=torch.channels_last),
+    lambda: torch.empty(6, 5).t(),
+    lambda: torch.empty(4, 6, 5, 6)[:, ::2],  # not dense: the noise comes out contiguous
+])
+def test_standard_normal_like_has_randn_likes_layout_and_law(make):
+    from pyro_implicit.elbo import standard_normal_like
+
+    x = make()
+    torch.manual_seed(0)
+    reference = torch.randn_like(x)
+    noise = standard_normal_like(x)
+    assert noise.shape == x.shape and noise.stride() == reference.stride()
+    draws = torch.stack([standard_normal_like(x) for _ in range(500)])
+    assert draws.mean().abs() < 0.02 and (draws.std() - 1).abs() < 0.02
+    assert draws.mean(0).abs().max() < 0.25  # every position is drawn afresh
 
 
 def test_ensemble_average_equals_the_mean_of_its_members():
