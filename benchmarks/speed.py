@@ -65,7 +65,8 @@ class Variant:
         self.optimizer = make_optimizer(self.config, self.model, self.guide)
         self.loss = make_loss(self.config)
         g = torch.Generator().manual_seed(1)
-        self.x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
+        # channels-last strides, as train's batches come out of the random crop (Normalizer)
+        self.x = torch.randn(batch, 32, 32, 3, generator=g).to(device).permute(0, 3, 1, 2)
         if channels_last:
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.y = torch.randint(0, 10, (batch,), generator=g).to(device)

@@ -63,3 +63,13 @@ def test_recalibration_inputs_are_one_fixed_shuffled_pass(tmp_path):
     key = lambda t: t.flatten(1).sum(1).sort().values  # noqa: E731
     torch.testing.assert_close(key(shuffled), key(everything))  # every item exactly once
     assert not torch.equal(first[0], everything[:6])  # a partial pass is not the first class
+
+
+def test_training_batches_come_out_channels_last_and_evaluation_batches_contiguous():
+    """The random crop gathers pixels channels-last, so training runs on that layout;
+    benchmarks/speed.py feeds its steps the same layout."""
+    norm = Normalizer([0.5] * 3, [0.25] * 3, pad=4, flip=True)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    train = norm(x, torch.Generator().manual_seed(0))
+    assert train.is_contiguous(memory_format=torch.channels_last) and not train.is_contiguous()
+    assert norm(x).is_contiguous()
