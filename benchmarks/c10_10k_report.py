@@ -180,7 +180,12 @@ def md_row(cells: list[str]) -> str:
 
 
 def table_row(stem: str, result: dict) -> str:
-    """The table.md row of one result; xN cells are marked when N stopped below 16."""
+    """The table.md row of one result; xN cells are marked when N stopped below 16, and a run
+    that diverged says so in place of its metrics."""
+    if result.get("diverged"):
+        epochs = len(result.get("history", []))
+        return md_row([stem, method_label(result), f"diverged after {epochs} epochs (non-finite "
+                       "loss)", *["-"] * (len(DIGITS) - 1), _fmt(seconds_per_epoch(result), 1)])
     cells = [_fmt(v, d) for v, d in zip(metric_cells(result), DIGITS, strict=True)]
     n = largest_n(result)
     if n != "16":  # widening: N <= 4

@@ -2,7 +2,9 @@
 it, and write one JSON per run holding the ``evaluate`` output, the config and the wall times.
 
 A run whose JSON exists is skipped; a run folder that stopped mid-way is resumed, so a driver
-can be killed and restarted at any point.
+can be killed and restarted at any point. A run whose training diverges (a non-finite loss) is a
+result too: its JSON records the divergence and the epochs before it, and the driver goes on
+(delete the JSON to try it again).
 """
 
 from __future__ import annotations
@@ -39,14 +41,20 @@ def run_and_evaluate(name: str, config: TrainConfig, runs: Path, results: Path,
     if not pending:
         return out
     t0 = time.perf_counter()
+    diverged = None
     if finished_epochs(run) < config.epochs:
-        fit(None if (run / CONFIG).is_file() else config, run,
-            resume=(run / CONFIG).is_file(), progress=False)
+        try:
+            fit(None if (run / CONFIG).is_file() else config, run,
+                resume=(run / CONFIG).is_file(), progress=False)
+        except FloatingPointError as err:  # its last good checkpoint stays in the run folder
+            diverged = str(err)
     train_wall = time.perf_counter() - t0
-    history = json.loads((run / METRICS).read_text())["history"]
+    history = json.loads((run / METRICS).read_text())["history"] if (run / METRICS).is_file() \
+        else []
     for suffix, kwargs in pending.items():
         t1 = time.perf_counter()
-        result = evaluate_run(run, progress=False, **kwargs)
+        result = ({"diverged": diverged, "samples": {}} if diverged
+                  else evaluate_run(run, progress=False, **kwargs))
         result.update(name=name, config=dataclasses.asdict(config), history=history,
                       train_seconds=sum(h["seconds"] for h in history),
                       train_wall_this_session=train_wall,
@@ -56,6 +64,6 @@ def run_and_evaluate(name: str, config: TrainConfig, runs: Path, results: Path,
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(results / f"{name}{suffix}.json")
         out[suffix] = result
-        print(f"{name}{suffix}: " + ", ".join(
-            f"x{n} {100 * m['error']:.2f}%" for n, m in result["samples"].items()), flush=True)
+        print(f"{name}{suffix}: " + (f"diverged: {diverged}" if diverged else ", ".join(
+            f"x{n} {100 * m['error']:.2f}%" for n, m in result["samples"].items())), flush=True)
     return out

@@ -1,5 +1,6 @@
 """benchmarks/c10_10k.py: the ensemble's members are the map runs of seeds 0-3, linked rather
-than trained twice, and a member whose configuration differs is refused."""
+than trained twice, a member whose configuration differs is refused, and a run that diverges is
+recorded as such while the driver goes on."""
 
 import sys
 from pathlib import Path
@@ -52,3 +53,29 @@ def test_member_with_another_config_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"member 1 is not .*map-s1.*'seed': \(1, 7\)"):
         driver.link_members("ens", config, tmp_path)
     assert not (tmp_path / "ens").exists() and not (tmp_path / "map-s0").exists()  # nothing made
+
+
+def test_a_diverged_run_is_recorded_once_and_reported(tmp_path, monkeypatch):
+    import c10_10k_report as report
+    import runner
+
+    calls = []
+
+    def diverging_fit(config, out, resume=False, progress=None):
+        calls.append(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text('{"history": [{"seconds": 19.0}, {"seconds": 21.0}]}')
+        raise FloatingPointError("non-finite loss in epoch 3, step 5 (global step 161)")
+
+    monkeypatch.setattr(runner, "fit", diverging_fit)
+    config = TrainConfig(**TINY, method="bayes-hypernet")
+    results = tmp_path / "results"
+    for _ in range(2):  # the second call finds the recorded result and trains nothing
+        out = runner.run_and_evaluate("bayes-hypernet-s0", config, tmp_path / "runs", results)
+    assert len(calls) == 1
+    recorded = out[""]
+    assert recorded["diverged"].startswith("non-finite loss in epoch 3")
+    assert len(recorded["history"]) == 2 and recorded["config"]["method"] == "bayes-hypernet"
+    row = report.table_row("bayes-hypernet-s0", recorded)
+    assert "diverged after 2 epochs" in row and row.endswith("| 20.0 |")
+    assert row.count(" | ") == 2 + len(report.DIGITS)  # as many cells as a finished run's row
