@@ -20,7 +20,6 @@ Usage: python benchmarks/fused_update_probe.py [--json benchmarks/results/speed/
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import Variant, _cpu_name  # noqa: E402
+from speed import Variant, _cpu_name, write_json  # noqa: E402
 
 import pyro_implicit.hypernet as hypernet  # noqa: E402
 
@@ -124,9 +123,7 @@ def main() -> None:
         f"{k} {v:.3f}s" for k, v in t["median_s"].items())
         + f"  hypernet/plain {t['hypernet_over_plain']:.3f}  fused/plain "
           f"{t['fused_over_plain']:.3f}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Usage: python benchmarks/generation_threads.py [--net wrn-28-10] [--repeats 10]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import Variant, _cpu_name  # noqa: E402
+from speed import Variant, _cpu_name, write_json  # noqa: E402
 
 import pyro_implicit.hypernet as hypernet  # noqa: E402
 
@@ -61,9 +60,7 @@ def main() -> None:
                                    for k in ("forward", "backward")}, "times_s": times}
     for mode, m in median.items():
         print(f"{mode:8s} forward {m['forward']:.4f} s  backward {m['backward']:.4f} s")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Usage: python benchmarks/method_steps.py [--net wrn-16-2] [--batch 128] [--steps
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import Variant, _cpu_name  # noqa: E402
+from speed import Variant, _cpu_name, write_json  # noqa: E402
 
 from pyro_implicit.inference.methods import MC_DROPOUT_RATE  # noqa: E402
 
@@ -66,9 +65,7 @@ def main() -> None:
               "times_s": times}
     for name, s in median.items():
         print(f"{name:22s} {s:.3f} s  {result['over_map'][name]:.2f}x map")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

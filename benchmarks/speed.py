@@ -97,6 +97,28 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def median_seconds(fn, device: str, repeats: int, warmup: bool = True) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn`` (after one untimed call if
+    ``warmup``), the device synchronised around each."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write a benchmark's raw output to ``path`` (folders made as needed) and say so."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def time_net(net: str, device: str, batch: int, steps: int, warmup: int,
              channels_last: bool, autocast: bool) -> dict:
     """Median step seconds of the three variants, interleaved."""
@@ -114,16 +136,9 @@ def time_net(net: str, device: str, batch: int, steps: int, warmup: int,
                 if i >= warmup:
                     times[kind].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    update = {}  # the optimiser step alone (its gradients are still set): the theta-traffic floor
-    for kind in ("plain", "hypernet"):
-        ts = []
-        for _ in range(3):
-            _sync(device)
-            t0 = time.perf_counter()
-            variants[kind].optimizer.step()
-            _sync(device)
-            ts.append(time.perf_counter() - t0)
-        update[kind] = statistics.median(ts)
+    # the optimiser step alone (its gradients are still set): one of the passes over theta
+    update = {kind: median_seconds(variants[kind].optimizer.step, device, 3, warmup=False)
+              for kind in ("plain", "hypernet")}
     floor = theta_floor(variants["hypernet"].guide.hypernet.output.detach(), device,
                         med["plain"])
     variants.clear()  # free the three nets (and their reference cycles) before the next part
@@ -142,18 +157,8 @@ def theta_floor(theta: torch.Tensor, device: str, plain_s: float, repeats: int =
     momentum reads and writes theta and its momentum buffer (the hidden gradient, the outer
     product and weight decay can all ride on that pass). Read: ``theta.sum()``; read and write:
     ``theta.mul_(1)``, which leaves theta unchanged."""
-    def median_s(fn) -> float:
-        fn()
-        ts = []
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
-
-    read_s, read_write_s = median_s(theta.sum), median_s(lambda: theta.mul_(1))
+    read_s = median_seconds(theta.sum, device, repeats)
+    read_write_s = median_seconds(lambda: theta.mul_(1), device, repeats)
     floor_s = read_s + 2 * read_write_s
     return {"gb": theta.numel() * theta.element_size() / 1e9, "read_s": read_s,
             "read_write_s": read_write_s, "floor_s": floor_s,
@@ -182,19 +187,11 @@ def time_averaging(net: str, device: str, batch: int, n: int = 16, batches: int 
                 for x in inputs:
                     sample_logits(model, frozen, i, x).softmax(-1)
 
-    single()  # warm-up
-    singles = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        single()
-        _sync(device)
-        singles.append(time.perf_counter() - t0)
+    one = median_seconds(single, device, repeats)
     t0 = time.perf_counter()
     averaged()
     _sync(device)
     x_n = time.perf_counter() - t0
-    one = statistics.median(singles)
     result = {"n": n, "images": sum(len(x) for x in inputs), "single_s": one, "xn_s": x_n,
               "xn_over_n_single": x_n / (n * one)}
     if vmap:
@@ -270,7 +267,7 @@ def main() -> None:
                                                   batches=args.avg_batches,
                                                   vmap=net in vmap_nets)
             print(_row(net, row), flush=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
         return
     if args.steps < 10:
         p.error(f"--steps {args.steps}: the benchmark takes the median over at least 10 steps")
@@ -306,9 +303,7 @@ def main() -> None:
         result["wall_s"][net] = time.perf_counter() - t_start
         print(_row(net, row), flush=True)
         if args.json:  # after every net: a later net that fails keeps the earlier ones
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-            print(f"wrote {args.json}")
+            write_json(args.json, result)
 
 
 def _row(net: str, r: dict) -> str:

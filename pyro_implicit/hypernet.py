@@ -44,13 +44,12 @@ def _row_ranges(sizes: Sequence[int], threads: int) -> list[tuple[int, int, int]
 
 
 @torch.no_grad()
-def _each_range(fn: Callable[[int, int, int, int], object], sizes: Sequence[int],
-                threads: int) -> list[tuple[int, int, int]]:
-    """Call ``fn(j, layer, a, b)`` for every range j of :func:`_row_ranges` and return them; the
+def _each_range(fn: Callable[[int, int, int, int], object],
+                ranges: list[tuple[int, int, int]], sizes: Sequence[int], threads: int) -> None:
+    """Call ``fn(j, layer, a, b)`` for every range j of ``ranges`` (:func:`_row_ranges`); the
     ranges of cut layers run on a pool of ``threads`` Python threads (torch releases the GIL),
     the others here: a thread hand-off costs more than a small layer's product."""
     global _pool
-    ranges = _row_ranges(sizes, threads)
     whole = {layer for layer, a, b in ranges if b - a == sizes[layer]}
     pooled = [(j, r) for j, r in enumerate(ranges) if r[0] not in whole]
     if pooled and (_pool is None or _pool[0] != threads):
@@ -61,7 +60,6 @@ def _each_range(fn: Callable[[int, int, int, int], object], sizes: Sequence[int]
             fn(j, *r)
     for future in futures:
         future.result()
-    return ranges
 
 
 @torch.no_grad()
@@ -83,7 +81,7 @@ class _Generate(torch.autograd.Function):
             return tuple(w @ h for w, h in zip(blocks, hidden, strict=True))
         kernels = [output.new_empty(size) for size in sizes]
         _each_range(lambda j, i, a, b: torch.mv(blocks[i][a:b], hidden[i], out=kernels[i][a:b]),
-                    sizes, threads)
+                    _row_ranges(sizes, threads), sizes, threads)
         return tuple(kernels)
 
     @staticmethod
@@ -98,9 +96,10 @@ class _Generate(torch.autograd.Function):
         if need_hidden:  # theta_l^T g_l, summed over each layer's row ranges
             blocks, grads32 = output.split(ctx.sizes), [g.to(output.dtype) for g in grads]
             threads = _threads_for(output)
-            partials = output.new_empty(len(_row_ranges(ctx.sizes, threads)), hidden.shape[1])
-            ranges = _each_range(lambda j, i, a, b: torch.mv(
-                blocks[i][a:b].t(), grads32[i][a:b], out=partials[j]), ctx.sizes, threads)
+            ranges = _row_ranges(ctx.sizes, threads)
+            partials = output.new_empty(len(ranges), hidden.shape[1])
+            _each_range(lambda j, i, a, b: torch.mv(
+                blocks[i][a:b].t(), grads32[i][a:b], out=partials[j]), ranges, ctx.sizes, threads)
             layer = torch.tensor([i for i, _, _ in ranges], device=output.device)
             grad_hidden = partials.new_zeros(hidden.shape).index_add_(0, layer, partials)
             grad_hidden = grad_hidden.to(hidden.dtype)
