@@ -81,7 +81,8 @@ def standard_normal_like(x: torch.Tensor) -> torch.Tensor:
 
     ``randn_like`` keeps a channels-last layout (training batches arrive channels-last from the
     random crop), and CPU normal sampling of a non-contiguous tensor falls back to one scalar
-    draw at a time: 1.8x slower for a whole Bayes-by-Backprop step. ``empty_like`` always
+    draw at a time: the c10-10k bbb run's epochs took 107 s with it and 51 s without it
+    (``benchmarks/results/c10-10k/bbb-s0.json``). ``empty_like`` always
     returns a dense tensor, so its storage is filled as one flat contiguous vector instead.
     """
     noise = torch.empty_like(x)
