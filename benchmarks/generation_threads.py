@@ -52,6 +52,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", default="benchmarks/results/speed/generation_threads.json")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats}: must be >= 1")
     times = time_modes(args.net, args.repeats)
     median = {m: {k: statistics.median(v) for k, v in t.items()} for m, t in times.items()}
     result = {"device": _cpu_name(), "torch": torch.__version__, "net": args.net,
