@@ -6,14 +6,17 @@ Variants, each with its own network and optimiser, run interleaved step by step 
   (b) hypernet - ``hypernet`` (all-in-one, N(0, 1), z = h = 16) exactly as train runs it,
   (c) bare    - the same hypernet step without Pyro: z drawn with torch, kernels from the
                 hypernetworks, ``functional_call``, cross-entropy, the same optimiser (whose
-                weight decay is the prior, as in train).
+                weight decay is the prior, as in train),
+  (d) unfused - (b) with theta's SGD update left to ``optimizer.step`` instead of fused into
+                the backward (``make_optimizer(fuse=False)``): what the fusion gains.
 Peak RSS of each variant is measured in a subprocess of its own (a few steps, ru_maxrss).
 Averaging: N = 16 frozen samples evaluated as ``evaluate`` does (model replayed per sample,
 sample-outer loop) against 16 x one plain network (``materialize``) on the same test batches,
 and the same average vectorised over the samples with ``torch.func.vmap``.
-The optimiser step alone (plain and hypernet) is timed too: it is one of the hypernet step's
-passes over theta (SGD with momentum reads and writes all of it). So is the bandwidth floor:
-plain step + the least memory traffic over theta a hypernet step needs (:func:`theta_floor`).
+The optimiser step alone (plain, hypernet, unfused) is timed too: unfused, it is one of the
+hypernet step's passes over theta (SGD with momentum reads and writes all of it). So is the
+bandwidth floor: plain step + the least memory traffic over theta a hypernet step needs
+(:func:`theta_floor`).
 With ``--json FILE``, the nets measured are written into FILE after each net, keeping the other
 nets already there when FILE comes from the same device, torch and thread count.
 
@@ -42,7 +45,7 @@ from pyro_implicit.inference.methods import build
 from pyro_implicit.inference.train import make_loss, make_optimizer, train_step
 from pyro_implicit.posterior import sample_logits
 
-VARIANTS = ("plain", "hypernet", "bare")
+VARIANTS = ("plain", "hypernet", "bare", "unfused")
 CPU_BATCH = {"wrn-16-2": 128, "wrn-28-10": 32}
 GPU_BATCH = {"wrn-16-2": 128, "wrn-28-10": 128}
 
@@ -62,7 +65,8 @@ class Variant:
         self.guide.to(device).train()
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.config, self.model, self.guide)
+        self.optimizer = make_optimizer(self.config, self.model, self.guide,
+                                        fuse=kind != "unfused")
         self.loss = make_loss(self.config)
         g = torch.Generator().manual_seed(1)
         # channels-last strides, as train's batches come out of the random crop (Normalizer)
@@ -121,7 +125,7 @@ def write_json(path: str | Path, data: dict) -> None:
 
 def time_net(net: str, device: str, batch: int, steps: int, warmup: int,
              channels_last: bool, autocast: bool) -> dict:
-    """Median step seconds of the three variants, interleaved."""
+    """Median step seconds of the variants, interleaved."""
     variants = {k: Variant(k, net, device, batch, channels_last) for k in VARIANTS}
     times: dict[str, list[float]] = {k: [] for k in VARIANTS}
     ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if autocast
@@ -138,15 +142,16 @@ def time_net(net: str, device: str, batch: int, steps: int, warmup: int,
     med = {k: statistics.median(v) for k, v in times.items()}
     # the optimiser step alone (its gradients are still set): one of the passes over theta
     update = {kind: median_seconds(variants[kind].optimizer.step, device, 3, warmup=False)
-              for kind in ("plain", "hypernet")}
+              for kind in ("plain", "hypernet", "unfused")}
     floor = theta_floor(variants["hypernet"].guide.hypernet.output.detach(), device,
                         med["plain"])
-    variants.clear()  # free the three nets (and their reference cycles) before the next part
+    variants.clear()  # free the nets (and their reference cycles) before the next part
     gc.collect()
     return {"batch": batch, "steps": steps, "plain_s": med["plain"],
             "hypernet_s": med["hypernet"], "bare_s": med["bare"],
             "hypernet_over_plain": med["hypernet"] / med["plain"],
-            "pyro_over_bare": med["hypernet"] / med["bare"],
+            "pyro_over_bare": med["hypernet"] / med["bare"], "unfused_s": med["unfused"],
+            "unfused_over_plain": med["unfused"] / med["plain"],
             "optimizer_step_s": update, "theta_floor": floor, "times_s": times}
 
 
@@ -312,7 +317,8 @@ def _row(net: str, r: dict) -> str:
         f"{k} {v:.0f}" for k, v in rss.items())
     avg = r["averaging"]
     return (f"{net} b{r['batch']}: plain {r['plain_s']:.3f}s  hypernet {r['hypernet_s']:.3f}s  "
-            f"bare {r['bare_s']:.3f}s  b/a {r['hypernet_over_plain']:.3f}  "
+            f"bare {r['bare_s']:.3f}s  unfused {r['unfused_s']:.3f}s  "
+            f"b/a {r['hypernet_over_plain']:.3f}  "
             f"b/c {r['pyro_over_bare']:.3f}  x{avg['n']}/({avg['n']} x single) "
             f"{avg['xn_over_n_single']:.3f}  vmap/loop "
             f"{avg.get('vmap_over_loop', float('nan')):.3f}  optimiser step "

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pyro_implicit import BayesianNetwork
-from pyro_implicit.hypernet import release_grads
+from pyro_implicit.hypernet import HyperNetworks, release_grads
 from pyro_implicit.objective import unique_parameters
 
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temp_files, save_checkpoint
@@ -92,12 +92,15 @@ def prepare(config: TrainConfig, data: ImageData | None = None) -> Run:
     return Run(config, data, model, guide, normalizer)
 
 
-def make_optimizer(config: TrainConfig, model: PyroModule, guide: PyroModule
-                   ) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: PyroModule, guide: PyroModule,
+                   fuse: bool = True) -> torch.optim.Optimizer:
     """SGD (Nesterov) over the unique parameters of model and guide, fused where available.
 
     The loss's Gaussian prior is applied here, as SGD weight decay on the parameters it covers
     (the losses of :func:`make_loss` leave it out): the same gradient, without extra passes.
+    With ``fuse`` (not under data parallelism, whose all-reduce needs every gradient) the
+    hypernetworks' output layers are updated inside their backward on CPU
+    (:meth:`~pyro_implicit.HyperNetworks.fuse_sgd`): the same step in one pass over theta.
     """
     loss = make_loss(config)
     decayed = loss.decayed_parameters(model, guide) if loss.weight_decay else []
@@ -108,9 +111,14 @@ def make_optimizer(config: TrainConfig, model: PyroModule, guide: PyroModule
     c = config
     kwargs = dict(lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0)
     try:
-        return torch.optim.SGD(groups, fused=True, **kwargs)
+        optimizer = torch.optim.SGD(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):
         return torch.optim.SGD(groups, foreach=True, **kwargs)
+    if fuse:
+        for m in guide.modules():
+            if isinstance(m, HyperNetworks):
+                m.fuse_sgd(optimizer)
+    return optimizer
 
 
 @contextlib.contextmanager
@@ -209,7 +217,7 @@ def fit(config: TrainConfig | None, out: Path, resume: bool = False,
         return own_fit(config, out, resume, progress, data)
     dist = setup(config.validate().device)
     run = prepare(config, data)
-    optimizer = make_optimizer(run.config, run.model, run.guide)
+    optimizer = make_optimizer(run.config, run.model, run.guide, fuse=not dist.active)
     state = load_checkpoint(out / CHECKPOINT) if resume else None
     if state is not None:
         if dist.is_main:

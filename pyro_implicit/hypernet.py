@@ -7,12 +7,15 @@ h_dim x the generated weights (2.3 GB for WRN-28-10), so their backward writes e
 gradient straight into one tensor (:class:`_Generate`): autograd's own split backward would
 materialise it twice. On CPU their matrix-vector products (generation, and the hidden layers'
 gradient) run on a few Python threads over row ranges of theta: BLAS runs each on one core, and
-these passes over theta are a large part of the step on big networks.
+these passes over theta are a large part of the step on big networks. With :meth:`HyperNetworks.
+fuse_sgd` the backward also applies the SGD update to the output layers, chunk by chunk while
+theta is in cache, and never writes their gradient: one pass over theta instead of four.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 MIN_TASK_ROWS = 1 << 16  # a layer's rows of theta are split across threads only in ranges this long
+CHUNK_ROWS = 1 << 14  # rows of theta updated at once by the fused SGD backward (1 MB at h_dim 16)
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 
 
@@ -89,24 +93,62 @@ class _Generate(torch.autograd.Function):
     def backward(ctx, *grads: torch.Tensor):
         output, hidden = ctx.saved_tensors
         need_output, need_hidden = ctx.needs_input_grad[:2]
-        grad_output = ctx.owner.take_spare_grad(output) if need_output else None
+        fused = ctx.owner.fused_sgd_group() if need_output else None
+        threads = _threads_for(output)
+        ranges = _row_ranges(ctx.sizes, threads)
         # under autocast hidden and the incoming grads are bfloat16 while output stays float32:
-        # the hidden gradient is formed in output's dtype and returned in hidden's
-        grad_hidden = None
-        if need_hidden:  # theta_l^T g_l, summed over each layer's row ranges
-            blocks, grads32 = output.split(ctx.sizes), [g.to(output.dtype) for g in grads]
-            threads = _threads_for(output)
-            ranges = _row_ranges(ctx.sizes, threads)
-            partials = output.new_empty(len(ranges), hidden.shape[1])
+        # the gradients are formed in output's dtype, and the hidden one returned in hidden's
+        blocks, grads32 = output.split(ctx.sizes), [g.to(output.dtype) for g in grads]
+        partials = output.new_zeros(len(ranges), hidden.shape[1])  # theta_l^T g_l per range
+        if fused is not None:
+            _each_range(_fused_sgd_range(output, hidden, grads32, ctx.sizes, partials, fused,
+                                         need_hidden), ranges, ctx.sizes, threads)
+        elif need_hidden:
             _each_range(lambda j, i, a, b: torch.mv(
                 blocks[i][a:b].t(), grads32[i][a:b], out=partials[j]), ranges, ctx.sizes, threads)
+        grad_hidden = grad_output = None
+        if need_hidden:
             layer = torch.tensor([i for i, _, _ in ranges], device=output.device)
             grad_hidden = partials.new_zeros(hidden.shape).index_add_(0, layer, partials)
             grad_hidden = grad_hidden.to(hidden.dtype)
-        if need_output:  # the outer products g_l h_l^T, written in place
+        if need_output and fused is None:  # the outer products g_l h_l^T, written in place
+            grad_output = ctx.owner.take_spare_grad(output)
             for block, g, h in zip(grad_output.split(ctx.sizes), grads, hidden, strict=True):
                 torch.mul(g.unsqueeze(1), h.unsqueeze(0), out=block)
         return grad_output, grad_hidden, None, None
+
+
+def _fused_sgd_range(output: torch.Tensor, hidden: torch.Tensor, grads: list[torch.Tensor],
+                     sizes: Sequence[int], partials: torch.Tensor,
+                     fused: tuple[torch.optim.SGD, dict], need_hidden: bool
+                     ) -> Callable[[int, int, int, int], None]:
+    """The range function of the fused backward: for rows a:b of layer i, chunk by chunk, add
+    theta^T g to ``partials[j]`` (before the update), form the gradient g h^T in a small
+    scratch and apply the group's SGD step to theta and its momentum with the kernel of
+    ``SGD(fused=True)``: the same update ``optimizer.step`` would make."""
+    optimizer, group = fused
+    state = optimizer.state[output]
+    momentum = group["momentum"] != 0
+    first = momentum and "momentum_buffer" not in state
+    if first:
+        state["momentum_buffer"] = torch.empty_like(output)
+    blocks = output.split(sizes)
+    buffers = state["momentum_buffer"].split(sizes) if momentum else None
+    hidden = hidden.to(output.dtype)
+    options = {k: group[k] for k in ("weight_decay", "momentum", "lr", "dampening", "nesterov")}
+
+    def update(j: int, i: int, a: int, b: int) -> None:
+        scratch = output.new_empty(min(CHUNK_ROWS, b - a), output.shape[1])
+        for c in range(a, b, CHUNK_ROWS):
+            d = min(c + CHUNK_ROWS, b)
+            rows, g = blocks[i][c:d], grads[i][c:d]
+            if need_hidden:
+                partials[j].addmv_(rows.t(), g)
+            grad = torch.mul(g.unsqueeze(1), hidden[i].unsqueeze(0), out=scratch[:d - c])
+            torch._fused_sgd_([rows], [grad], [buffers[i][c:d]] if momentum else [],
+                              maximize=False, is_first_step=first, **options)
+
+    return update
 
 
 class HyperNetworks(nn.Module):
@@ -122,6 +164,7 @@ class HyperNetworks(nn.Module):
         self.hidden = nn.Parameter(torch.empty(len(self.shapes), h_dim, z_dim))
         self.output = nn.Parameter(torch.empty(sum(self.sizes), h_dim))
         self._spare_grad: torch.Tensor | None = None
+        self._fused_sgd: weakref.ref | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -162,6 +205,49 @@ class HyperNetworks(nn.Module):
                 or spare.device != like.device or spare.stride() != like.stride()):
             return torch.empty_like(like)
         return spare
+
+    def fuse_sgd(self, optimizer: torch.optim.SGD | None) -> None:
+        """Let backward apply ``optimizer``'s SGD step to the output layers (on CPU), in the same
+        pass over theta that forms the hidden layers' gradient, instead of writing a gradient
+        of h_dim x the generated weights for ``optimizer.step`` to read back; ``None`` undoes it.
+
+        ``optimizer.step`` then skips the output layers (their ``grad`` stays None), so each
+        backward *is* their update: no gradient accumulation, clipping or data-parallel
+        all-reduce of theta. Only a weak reference to ``optimizer`` is kept.
+        """
+        if optimizer is None:
+            self._fused_sgd = None
+            return
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise TypeError(f"fuse_sgd needs a torch.optim.SGD, got {type(optimizer).__name__}")
+        if not hasattr(torch, "_fused_sgd_"):
+            raise RuntimeError(f"fuse_sgd needs torch's fused SGD kernel, which torch "
+                               f"{torch.__version__} lacks")
+        group = self._group_of(optimizer)
+        if group is None:
+            raise ValueError("the optimiser does not update this module's output layers")
+        unsupported = {k: group[k] for k in ("maximize", "differentiable") if group.get(k)}
+        if unsupported:
+            raise ValueError(f"fuse_sgd supports maximize=False and differentiable=False, got "
+                             f"{unsupported}")
+        self._fused_sgd = weakref.ref(optimizer)
+
+    def fused_sgd_group(self) -> tuple[torch.optim.SGD, dict] | None:
+        """(optimizer, param group) when backward should update the output layers itself: a
+        live fused optimiser that still holds them, on CPU (elsewhere the separate passes run
+        at memory speed and one fused pass would cost a kernel launch per chunk)."""
+        optimizer = self._fused_sgd() if self._fused_sgd is not None else None
+        if optimizer is None or self.output.device.type != "cpu":
+            return None
+        group = self._group_of(optimizer)
+        return None if group is None else (optimizer, group)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fused_sgd": None}  # a pickled copy has no optimiser to fuse
+
+    def _group_of(self, optimizer: torch.optim.Optimizer) -> dict | None:
+        return next((g for g in optimizer.param_groups
+                     if any(p is self.output for p in g["params"])), None)
 
     def extra_repr(self) -> str:
         return f"layers={len(self.shapes)}, z_dim={self.z_dim}, h_dim={self.h_dim}"

@@ -166,3 +166,73 @@ def test_threaded_generation_equals_one_product_per_layer(monkeypatch, threads):
             lambda o, v: hypernet._Generate.apply(o, v, hyper.sizes, hyper),
             (out.detach().requires_grad_(), torch.rand(3, 4, dtype=torch.double,
                                                        requires_grad=True)))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("options", [
+    dict(momentum=0.9, nesterov=True, weight_decay=5e-4),
+    dict(momentum=0.9, dampening=0.1, weight_decay=0.0),
+    dict(momentum=0.0, weight_decay=1e-3),
+])
+def test_fused_sgd_backward_equals_optimizer_step(monkeypatch, threads, options):
+    """With fuse_sgd the backward updates theta itself, chunk by chunk: theta, its momentum and
+    the hidden layers after three steps equal those of SGD(fused=True).step on the gradient."""
+    from pyro_implicit import hypernet
+
+    monkeypatch.setattr(hypernet, "MIN_TASK_ROWS", 7)
+    monkeypatch.setattr(hypernet, "CHUNK_ROWS", 5)  # ranges cut into chunks with a ragged end
+    monkeypatch.setattr(hypernet, "_threads_for", lambda output: threads)
+    shapes = [(4, 3, 3, 3), (2, 5, 1, 1), (8, 2, 3, 3)]
+    torch.manual_seed(0)
+    plain = HyperNetworks(shapes, z_dim=3, h_dim=4).double()
+    fused = HyperNetworks(shapes, z_dim=3, h_dim=4).double()
+    fused.load_state_dict(plain.state_dict())
+    optimizers = [torch.optim.SGD(h.parameters(), lr=0.1, fused=True, **options)
+                  for h in (plain, fused)]
+    fused.fuse_sgd(optimizers[1])
+    for _ in range(3):
+        z = torch.randn(3, 3, dtype=torch.double)
+        cot = [torch.randn(s, dtype=torch.double) for s in shapes]
+        for h, opt in zip((plain, fused), optimizers, strict=True):
+            opt.zero_grad(set_to_none=True)
+            sum((w * c).sum() for w, c in zip(h(z), cot, strict=True)).backward()
+            if h is fused:
+                assert h.output.grad is None and h.hidden.grad is not None
+            opt.step()
+        torch.testing.assert_close(fused.output, plain.output, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(fused.hidden, plain.hidden, rtol=1e-12, atol=1e-14)
+    if options["momentum"]:
+        buffers = [opt.state_dict()["state"][1]["momentum_buffer"] for opt in optimizers]
+        torch.testing.assert_close(buffers[1], buffers[0], rtol=1e-12, atol=1e-14)
+    else:
+        assert "momentum_buffer" not in optimizers[1].state[fused.output]
+
+
+def test_fuse_sgd_rejects_what_it_cannot_fuse_and_copies_do_not_fuse():
+    import copy
+    import pickle
+
+    hyper = HyperNetworks([(4, 3, 3, 3)], z_dim=3, h_dim=4)
+    with pytest.raises(TypeError, match="torch.optim.SGD, got Adam"):
+        hyper.fuse_sgd(torch.optim.Adam(hyper.parameters()))
+    with pytest.raises(ValueError, match="does not update this module's output"):
+        hyper.fuse_sgd(torch.optim.SGD([hyper.hidden], lr=0.1))
+    with pytest.raises(ValueError, match="maximize"):
+        hyper.fuse_sgd(torch.optim.SGD(hyper.parameters(), lr=0.1, maximize=True))
+    optimizer = torch.optim.SGD(hyper.parameters(), lr=0.1, momentum=0.9)
+    hyper.fuse_sgd(optimizer)
+    assert hyper.fused_sgd_group() == (optimizer, optimizer.param_groups[0])
+    for twin in (copy.deepcopy(hyper), pickle.loads(pickle.dumps(hyper))):
+        assert twin.fused_sgd_group() is None  # not in the optimiser: ordinary gradients
+        twin(torch.randn(1, 3))[0].sum().backward()
+        assert twin.output.grad is not None
+    before = hyper.output.detach().clone()
+    hyper(torch.randn(1, 3))[0].sum().backward()
+    assert hyper.output.grad is None and not torch.equal(hyper.output, before)
+    hyper.fuse_sgd(None)
+    assert hyper.fused_sgd_group() is None
+    del optimizer  # only a weak reference is held
+    hyper.fuse_sgd(torch.optim.SGD(hyper.parameters(), lr=0.1))
+    import gc
+    gc.collect()
+    assert hyper.fused_sgd_group() is None
