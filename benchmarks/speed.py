@@ -11,8 +11,9 @@ Variants, each with its own network and optimiser, run interleaved step by step 
                 the backward (``make_optimizer(fuse=False)``): what the fusion gains.
 Peak RSS of each variant is measured in a subprocess of its own (a few steps, ru_maxrss).
 Averaging: N = 16 frozen samples evaluated as ``evaluate`` does (model replayed per sample,
-sample-outer loop) against 16 x one plain network (``materialize``) on the same test batches,
-and the same average vectorised over the samples with ``torch.func.vmap``.
+sample-outer loop), each sample's pass interleaved with a pass of one plain network
+(``materialize``) on the same test batches, and the same average vectorised over the samples
+with ``torch.func.vmap``.
 The optimiser step alone (plain, hypernet, unfused) is timed too: unfused, it is one of the
 hypernet step's passes over theta (SGD with momentum reads and writes all of it). So is the
 bandwidth floor: plain step + the least memory traffic over theta a hypernet step needs
@@ -172,9 +173,11 @@ def theta_floor(theta: torch.Tensor, device: str, plain_s: float, repeats: int =
 
 @torch.no_grad()
 def time_averaging(net: str, device: str, batch: int, n: int = 16, batches: int = 8,
-                   repeats: int = 3, vmap: bool = True) -> dict:
+                   vmap: bool = True) -> dict:
     """Seconds for N-sample averaging vs N x one plain network, on ``batches`` test batches
-    (each sample's kernels are generated once for all of them, as in ``evaluate``)."""
+    (each sample's kernels are generated once for all of them, as in ``evaluate``): each
+    sample's pass is timed right after a pass of the plain network, so load drifts hit both
+    alike, and the ratio is of the medians of the N pairs."""
     variant = Variant("hypernet", net, device, batch, channels_last=False)
     model, guide = variant.model, variant.guide
     frozen = freeze_posterior(model, guide, n)
@@ -186,22 +189,23 @@ def time_averaging(net: str, device: str, batch: int, n: int = 16, batches: int 
         for x in inputs:
             plain(x).softmax(-1)
 
-    def averaged() -> None:
-        with eval_mode(model):
-            for i in range(n):
-                for x in inputs:
-                    sample_logits(model, frozen, i, x).softmax(-1)
+    def sample(i: int) -> None:
+        for x in inputs:
+            sample_logits(model, frozen, i, x).softmax(-1)
 
-    one = median_seconds(single, device, repeats)
-    t0 = time.perf_counter()
-    averaged()
-    _sync(device)
-    x_n = time.perf_counter() - t0
-    result = {"n": n, "images": sum(len(x) for x in inputs), "single_s": one, "xn_s": x_n,
-              "xn_over_n_single": x_n / (n * one)}
+    single()  # warm-up
+    single_s, sample_s = [], []
+    with eval_mode(model):
+        for i in range(n):
+            single_s.append(median_seconds(single, device, 1, warmup=False))
+            sample_s.append(median_seconds(lambda i=i: sample(i), device, 1, warmup=False))
+    one, per_sample = statistics.median(single_s), statistics.median(sample_s)
+    result = {"n": n, "images": sum(len(x) for x in inputs), "single_s": one,
+              "sample_s": per_sample, "xn_s": sum(sample_s), "xn_over_n_single": per_sample / one,
+              "times_s": {"single": single_s, "sample": sample_s}}
     if vmap:
         result["vmap_s"] = _vmapped_average(model, frozen, inputs, device)
-        result["vmap_over_loop"] = result["vmap_s"] / x_n
+        result["vmap_over_loop"] = result["vmap_s"] / result["xn_s"]
     return result
 
 
