@@ -18,7 +18,7 @@ import math
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise
+from itertools import pairwise, repeat
 
 import torch
 from torch import nn
@@ -138,14 +138,17 @@ def _fused_sgd_range(output: torch.Tensor, hidden: torch.Tensor, grads: list[tor
     options = {k: group[k] for k in ("weight_decay", "momentum", "lr", "dampening", "nesterov")}
 
     def update(j: int, i: int, a: int, b: int) -> None:
+        g = grads[i][a:b]
+        chunks = zip(blocks[i][a:b].split(CHUNK_ROWS), g.unsqueeze(1).split(CHUNK_ROWS),
+                     g.unsqueeze(0).split(CHUNK_ROWS, dim=1),
+                     buffers[i][a:b].split(CHUNK_ROWS) if momentum else repeat(None), strict=False)
         scratch = output.new_empty(min(CHUNK_ROWS, b - a), output.shape[1])
-        for c in range(a, b, CHUNK_ROWS):
-            d = min(c + CHUNK_ROWS, b)
-            rows, g = blocks[i][c:d], grads[i][c:d]
+        h, acc = hidden[i].unsqueeze(0), partials[j:j + 1]
+        for rows, g_column, g_row, buffer in chunks:
             if need_hidden:
-                partials[j].addmv_(rows.t(), g)
-            grad = torch.mul(g.unsqueeze(1), hidden[i].unsqueeze(0), out=scratch[:d - c])
-            torch._fused_sgd_([rows], [grad], [buffers[i][c:d]] if momentum else [],
+                acc.addmm_(g_row, rows)
+            grad = torch.mul(g_column, h, out=scratch[:len(rows)])
+            torch._fused_sgd_([rows], [grad], [] if buffer is None else [buffer],
                               maximize=False, is_first_step=first, **options)
 
     return update
