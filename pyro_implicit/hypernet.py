@@ -15,6 +15,7 @@ theta is in cache, and never writes their gradient: one pass over theta instead 
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from torch import nn
 MIN_TASK_ROWS = 1 << 16  # a layer's rows of theta are split across threads only in ranges this long
 CHUNK_ROWS = 1 << 14  # rows of theta updated at once by the fused SGD backward (1 MB at h_dim 16)
 _pool: tuple[int, ThreadPoolExecutor] | None = None
+_local = threading.local()  # per thread: the fused backward's scratch, kept between steps
 
 
 def _threads_for(output: torch.Tensor) -> int:
@@ -118,6 +120,16 @@ class _Generate(torch.autograd.Function):
         return grad_output, grad_hidden, None, None
 
 
+def _scratch(like: torch.Tensor) -> torch.Tensor:
+    """This thread's (CHUNK_ROWS, h) scratch like ``like``, kept between calls: a megabyte
+    allocated afresh per range and step, in a pool thread's malloc arena, page-faults anew."""
+    buf = getattr(_local, "scratch", None)
+    if (buf is None or buf.shape != (CHUNK_ROWS, like.shape[1]) or buf.dtype != like.dtype
+            or buf.device != like.device):
+        buf = _local.scratch = like.new_empty(CHUNK_ROWS, like.shape[1])
+    return buf
+
+
 def _fused_sgd_range(output: torch.Tensor, hidden: torch.Tensor, grads: list[torch.Tensor],
                      sizes: Sequence[int], partials: torch.Tensor,
                      fused: tuple[torch.optim.SGD, dict], need_hidden: bool
@@ -142,7 +154,7 @@ def _fused_sgd_range(output: torch.Tensor, hidden: torch.Tensor, grads: list[tor
         chunks = zip(blocks[i][a:b].split(CHUNK_ROWS), g.unsqueeze(1).split(CHUNK_ROWS),
                      g.unsqueeze(0).split(CHUNK_ROWS, dim=1),
                      buffers[i][a:b].split(CHUNK_ROWS) if momentum else repeat(None), strict=False)
-        scratch = output.new_empty(min(CHUNK_ROWS, b - a), output.shape[1])
+        scratch = _scratch(output)
         h, acc = hidden[i].unsqueeze(0), partials[j:j + 1]
         for rows, g_column, g_row, buffer in chunks:
             if need_hidden:
