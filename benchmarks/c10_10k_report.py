@@ -370,7 +370,7 @@ def make_faults(cache: dict, runs: Path) -> str:
     return cached_table(
         "c10-10k: quadruple faults (Table V analogue)",
         "Test points (of the full test set) that exactly k of 4 models misclassify: 4 z "
-        "draws of each hypernetwork posterior (seed 0, the first 4 draws of its "
+        "draws of each hypernetwork posterior (evaluation seed 0: the first 4 draws of its "
         "evaluation), the 4 members of the MAP ensemble. Disagreement: mean pairwise "
         "fraction of test points on which two of the 4 predict different classes. BN "
         "recalibrated per draw (`all`: one pass over the training subset).",
