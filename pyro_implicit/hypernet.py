@@ -8,8 +8,9 @@ gradient straight into one tensor (:class:`_Generate`): autograd's own split bac
 materialise it twice. On CPU their matrix-vector products (generation, and the hidden layers'
 gradient) run on a few Python threads over row ranges of theta: BLAS runs each on one core, and
 these passes over theta are a large part of the step on big networks. With :meth:`HyperNetworks.
-fuse_sgd` the backward also applies the SGD update to the output layers, chunk by chunk while
-theta is in cache, and never writes their gradient: one pass over theta instead of four.
+fuse_sgd` the backward also applies the SGD update to the output layers and never writes their
+gradient: one sweep over theta and its momentum (:mod:`.native`; without a C++ compiler, chunk
+by chunk in torch) instead of four passes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from itertools import pairwise, repeat
 
 import torch
 from torch import nn
+
+from .native import fused_sgd_kernel
 
 MIN_TASK_ROWS = 1 << 16  # a layer's rows of theta are split across threads only in ranges this long
 CHUNK_ROWS = 1 << 14  # rows of theta updated at once by the fused SGD backward (1 MB at h_dim 16)
@@ -96,7 +99,9 @@ class _Generate(torch.autograd.Function):
         output, hidden = ctx.saved_tensors
         need_output, need_hidden = ctx.needs_input_grad[:2]
         fused = ctx.owner.fused_sgd_group() if need_output else None
-        threads = _threads_for(output)
+        kernel = fused_sgd_kernel() if fused is not None and output.dtype in (
+            torch.float32, torch.float64) else None
+        threads = 1 if kernel is not None else _threads_for(output)  # the kernel's own threads
         ranges = _row_ranges(ctx.sizes, threads)
         # under autocast hidden and the incoming grads are bfloat16 while output stays float32:
         # the gradients are formed in output's dtype, and the hidden one returned in hidden's
@@ -104,7 +109,7 @@ class _Generate(torch.autograd.Function):
         partials = output.new_zeros(len(ranges), hidden.shape[1])  # theta_l^T g_l per range
         if fused is not None:
             _each_range(_fused_sgd_range(output, hidden, grads32, ctx.sizes, partials, fused,
-                                         need_hidden), ranges, ctx.sizes, threads)
+                                         need_hidden, kernel), ranges, ctx.sizes, threads)
         elif need_hidden:
             _each_range(lambda j, i, a, b: torch.mv(
                 blocks[i][a:b].t(), grads32[i][a:b], out=partials[j]), ranges, ctx.sizes, threads)
@@ -132,12 +137,13 @@ def _scratch(like: torch.Tensor) -> torch.Tensor:
 
 def _fused_sgd_range(output: torch.Tensor, hidden: torch.Tensor, grads: list[torch.Tensor],
                      sizes: Sequence[int], partials: torch.Tensor,
-                     fused: tuple[torch.optim.SGD, dict], need_hidden: bool
-                     ) -> Callable[[int, int, int, int], None]:
-    """The range function of the fused backward: for rows a:b of layer i, chunk by chunk, add
-    theta^T g to ``partials[j]`` (before the update), form the gradient g h^T in a small
-    scratch and apply the group's SGD step to theta and its momentum with the kernel of
-    ``SGD(fused=True)``: the same update ``optimizer.step`` would make."""
+                     fused: tuple[torch.optim.SGD, dict], need_hidden: bool,
+                     kernel: Callable | None = None) -> Callable[[int, int, int, int], None]:
+    """The range function of the fused backward: for rows a:b of layer i, put theta^T g in
+    ``partials[j]`` (before the update) and apply the group's SGD step to theta and its
+    momentum with gradient g h^T: the same update ``optimizer.step`` would make. ``kernel``
+    (:func:`~pyro_implicit.native.fused_sgd_kernel`) does it in one sweep; without it, chunk by
+    chunk, g h^T is formed in a small scratch and stepped by the kernel of ``SGD(fused=True)``."""
     optimizer, group = fused
     state = optimizer.state[output]
     momentum = group["momentum"] != 0
@@ -151,6 +157,12 @@ def _fused_sgd_range(output: torch.Tensor, hidden: torch.Tensor, grads: list[tor
 
     def update(j: int, i: int, a: int, b: int) -> None:
         g = grads[i][a:b]
+        if kernel is not None:
+            partials[j] = kernel(blocks[i][a:b], buffers[i][a:b] if momentum else None,
+                                 g.contiguous(), hidden[i].contiguous(), float(options["lr"]),
+                                 options["momentum"], options["dampening"],
+                                 options["weight_decay"], options["nesterov"], first)
+            return
         chunks = zip(blocks[i][a:b].split(CHUNK_ROWS), g.unsqueeze(1).split(CHUNK_ROWS),
                      g.unsqueeze(0).split(CHUNK_ROWS, dim=1),
                      buffers[i][a:b].split(CHUNK_ROWS) if momentum else repeat(None), strict=False)

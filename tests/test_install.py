@@ -22,6 +22,7 @@ def test_non_editable_install_ships_models_and_inference(tmp_path):
     assert out[2].endswith(os.path.join("pyro_implicit", "inference", "__init__.py"))
     assert out[3] == "WideResNet"
     assert not (target / "models").exists() and not (target / "inference").exists()
+    assert (target / "pyro_implicit" / "csrc" / "fused_sgd.cpp").is_file()  # native.SOURCE
 
 
 def quickstart_commands() -> list[str]:

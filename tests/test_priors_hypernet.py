@@ -168,17 +168,29 @@ def test_threaded_generation_equals_one_product_per_layer(monkeypatch, threads):
                                                        requires_grad=True)))
 
 
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("backend", ["native", "torch-1", "torch-3"])
 @pytest.mark.parametrize("options", [
     dict(momentum=0.9, nesterov=True, weight_decay=5e-4),
     dict(momentum=0.9, dampening=0.1, weight_decay=0.0),
     dict(momentum=0.0, weight_decay=1e-3),
 ])
-def test_fused_sgd_backward_equals_optimizer_step(monkeypatch, threads, options):
-    """With fuse_sgd the backward updates theta itself, chunk by chunk: theta, its momentum and
-    the hidden layers after three steps equal those of SGD(fused=True).step on the gradient."""
-    from pyro_implicit import hypernet
+def test_fused_sgd_backward_equals_optimizer_step(monkeypatch, backend, options):
+    """With fuse_sgd the backward updates theta itself, in the C++ sweep or chunk by chunk in
+    torch (on 1 or 3 threads): theta, its momentum and the hidden layers after three steps
+    equal those of SGD(fused=True).step on the gradient."""
+    from pyro_implicit import hypernet, native
 
+    if backend == "native":
+        if native.fused_sgd_kernel() is None:
+            pytest.skip("the C++ sweep cannot be built here")
+    else:
+        monkeypatch.setattr(hypernet, "fused_sgd_kernel", lambda: None)
+    threads = 3 if backend == "torch-3" else 1
+    calls = []
+    kernel = hypernet.fused_sgd_kernel()
+    if kernel is not None:  # count its calls: the native backend must be the one running
+        monkeypatch.setattr(hypernet, "fused_sgd_kernel",
+                            lambda: lambda *a: calls.append(1) or kernel(*a))
     monkeypatch.setattr(hypernet, "MIN_TASK_ROWS", 7)
     monkeypatch.setattr(hypernet, "CHUNK_ROWS", 5)  # ranges cut into chunks with a ragged end
     monkeypatch.setattr(hypernet, "_threads_for", lambda output: threads)
@@ -206,6 +218,7 @@ def test_fused_sgd_backward_equals_optimizer_step(monkeypatch, threads, options)
         torch.testing.assert_close(buffers[1], buffers[0], rtol=1e-12, atol=1e-14)
     else:
         assert "momentum_buffer" not in optimizers[1].state[fused.output]
+    assert len(calls) == (3 * len(shapes) if backend == "native" else 0)  # one per layer, step
 
 
 def test_fuse_sgd_rejects_what_it_cannot_fuse_and_copies_do_not_fuse():
@@ -236,3 +249,23 @@ def test_fuse_sgd_rejects_what_it_cannot_fuse_and_copies_do_not_fuse():
     import gc
     gc.collect()
     assert hyper.fused_sgd_group() is None
+
+
+def test_native_sweep_falls_back_with_a_warning_or_when_disabled(monkeypatch):
+    from torch.utils import cpp_extension
+
+    from pyro_implicit import native
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions\nmore detail")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    native.fused_sgd_kernel.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="Ninja is required.*pure-torch loop"):
+            assert native.fused_sgd_kernel() is None
+        native.fused_sgd_kernel.cache_clear()
+        monkeypatch.setenv(native.DISABLE, "1")
+        assert native.fused_sgd_kernel() is None  # no attempt, no warning
+    finally:
+        native.fused_sgd_kernel.cache_clear()
