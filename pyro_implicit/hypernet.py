@@ -101,7 +101,7 @@ class _Generate(torch.autograd.Function):
         fused = ctx.owner.fused_sgd_group() if need_output else None
         kernel = fused_sgd_kernel() if fused is not None and output.dtype in (
             torch.float32, torch.float64) else None
-        threads = 1 if kernel is not None else _threads_for(output)  # the kernel's own threads
+        threads = _threads_for(output)
         ranges = _row_ranges(ctx.sizes, threads)
         # under autocast hidden and the incoming grads are bfloat16 while output stays float32:
         # the gradients are formed in output's dtype, and the hidden one returned in hidden's

@@ -1,7 +1,7 @@
 """The C++ sweep of the fused hypernetwork update (``csrc/fused_sgd.cpp``), built on first use
 by torch's extension builder (about 25 s, then cached). It reads and writes theta and its
-momentum once each, where the pure-torch chunk loop of :mod:`.hypernet` runs at about half that
-bandwidth; without a C++ compiler, or with ``PYRO_IMPLICIT_NO_NATIVE=1``, that loop runs instead.
+momentum once each, the least an SGD step can do; without a C++ compiler, or with
+``PYRO_IMPLICIT_NO_NATIVE=1``, the slower pure-torch chunk loop of :mod:`.hypernet` runs instead.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def fused_sgd_kernel() -> Callable | None:
     try:
         from torch.utils.cpp_extension import load
 
-        module = load("pyro_implicit_fused_sgd", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                      extra_ldflags=["-fopenmp"], verbose=False)
+        module = load("pyro_implicit_fused_sgd", [str(SOURCE)], extra_cflags=["-O3"],
+                      verbose=False)
     except Exception as error:  # no compiler or ninja, a failed build: all mean the same here
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         warnings.warn(f"pyro_implicit: the C++ fused SGD sweep could not be built "

@@ -168,7 +168,7 @@ def test_threaded_generation_equals_one_product_per_layer(monkeypatch, threads):
                                                        requires_grad=True)))
 
 
-@pytest.mark.parametrize("backend", ["native", "torch-1", "torch-3"])
+@pytest.mark.parametrize("backend", ["native-1", "native-3", "torch-1", "torch-3"])
 @pytest.mark.parametrize("options", [
     dict(momentum=0.9, nesterov=True, weight_decay=5e-4),
     dict(momentum=0.9, dampening=0.1, weight_decay=0.0),
@@ -176,16 +176,16 @@ def test_threaded_generation_equals_one_product_per_layer(monkeypatch, threads):
 ])
 def test_fused_sgd_backward_equals_optimizer_step(monkeypatch, backend, options):
     """With fuse_sgd the backward updates theta itself, in the C++ sweep or chunk by chunk in
-    torch (on 1 or 3 threads): theta, its momentum and the hidden layers after three steps
+    torch, on 1 or 3 threads: theta, its momentum and the hidden layers after three steps
     equal those of SGD(fused=True).step on the gradient."""
     from pyro_implicit import hypernet, native
 
-    if backend == "native":
+    if backend.startswith("native"):
         if native.fused_sgd_kernel() is None:
             pytest.skip("the C++ sweep cannot be built here")
     else:
         monkeypatch.setattr(hypernet, "fused_sgd_kernel", lambda: None)
-    threads = 3 if backend == "torch-3" else 1
+    threads = int(backend[-1])
     calls = []
     kernel = hypernet.fused_sgd_kernel()
     if kernel is not None:  # count its calls: the native backend must be the one running
@@ -218,7 +218,8 @@ def test_fused_sgd_backward_equals_optimizer_step(monkeypatch, backend, options)
         torch.testing.assert_close(buffers[1], buffers[0], rtol=1e-12, atol=1e-14)
     else:
         assert "momentum_buffer" not in optimizers[1].state[fused.output]
-    assert len(calls) == (3 * len(shapes) if backend == "native" else 0)  # one per layer, step
+    ranges = len(hypernet._row_ranges(fused.sizes, threads))
+    assert len(calls) == (3 * ranges if backend.startswith("native") else 0)  # per range, step
 
 
 def test_fuse_sgd_rejects_what_it_cannot_fuse_and_copies_do_not_fuse():
