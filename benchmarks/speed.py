@@ -9,7 +9,7 @@ Variants, each with its own network and optimiser, run interleaved step by step 
                 weight decay is the prior, as in train),
   (d) unfused - (b) with theta's SGD update left to ``optimizer.step`` instead of fused into
                 the backward (``make_optimizer(fuse=False)``): what the fusion gains.
-Peak RSS of each variant is measured in a subprocess of its own (a few steps, ru_maxrss).
+Peak RSS of each variant is measured in a subprocess of its own (a few steps, VmHWM).
 Averaging: N = 16 frozen samples evaluated as ``evaluate`` does (model replayed per sample,
 sample-outer loop), each sample's pass interleaved with a pass of one plain network
 (``materialize``) on the same test batches, and the same average vectorised over the samples
