@@ -64,6 +64,10 @@ RUNS: dict[str, tuple[dict, dict[str, dict]]] = {
     "mc-dropout-s0": (dict(method="mc-dropout", drop_rate=MC_DROPOUT_RATE), {"": {}}),
     "hypernet-normal-s1": (_hypernet(seed=1), {"": {}}),
     "hypernet-normal-s2": (_hypernet(seed=2), {"": {}}),
+    # does training longer let the N(0,1) noise be fitted? (the paper trains 800 epochs)
+    "map-e120-s0": (dict(method="map", epochs=120), {"": {}}),
+    "hypernet-normal-e120-s0": (dict(_hypernet(), epochs=120), {"": {}}),
+    "hypernet-uniform01-e120-s0": (dict(_hypernet("uniform01"), epochs=120), {"": {}}),
 }
 
 

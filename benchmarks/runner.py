@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pyro_implicit.inference import TrainConfig
@@ -28,9 +29,11 @@ def finished_epochs(run: Path) -> int:
 
 
 def run_and_evaluate(name: str, config: TrainConfig, runs: Path, results: Path,
-                     evaluations: dict[str, dict] | None = None) -> dict[str, dict]:
+                     evaluations: dict[str, dict] | None = None,
+                     evaluator: Callable[..., dict] = evaluate_run) -> dict[str, dict]:
     """Train ``config`` into ``runs/name`` and write ``results/name[.suffix].json`` for each
-    entry ``suffix -> evaluate_run kwargs`` of ``evaluations`` (default: one plain entry)."""
+    entry ``suffix -> evaluator kwargs`` of ``evaluations`` (default: one plain entry);
+    ``evaluator(run folder, **kwargs)`` is :func:`evaluate_run` unless given."""
     evaluations = evaluations or {"": {}}
     out = {}
     run = runs / name

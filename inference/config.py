@@ -67,6 +67,13 @@ class TrainConfig:
     prior: str = "normal"
     z_dim: int = 16
     h_dim: int = 16
+    z_loc: float = 0.0  # hypernet: p(z) moved to z_loc + z_scale * e (see methods.add_method_args)
+    z_scale: float = 1.0
+    z_draws: int = 1
+    z_draw_mode: str = "groups"
+    z_hold: int = 0
+    z_warmup: int = 0
+    theta_lr_scale: float = 1.0
     drop_rate: float = 0.0
     data: str = "digits"
     data_root: str | None = None

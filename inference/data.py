@@ -298,6 +298,26 @@ def _imagefolder(root: Path, train_subset: int | None, augment: str) -> ImageDat
                      flip=True)
 
 
+def imagefolder_holdout(spec: str, per_class: int,
+                        train_subset: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A validation split of an ``imagefolder:PATH`` (small images): the last ``per_class``
+    training files of each class, decoded, as (images, labels). Refused when it would overlap
+    the class-balanced ``train_subset`` (the first files of each class)."""
+    if not spec.startswith("imagefolder:"):
+        raise ValueError(f"a held-out split is carved from imagefolder:PATH data, not {spec!r}")
+    if train_subset is None:
+        raise ValueError("a held-out split needs a train_subset: the whole training split is "
+                         "the training data")
+    root = Path(spec.split(":", 1)[1])
+    files = _list_split(root, "train", None)
+    first = _per_class(train_subset, len(files))
+    for c, paths in files.items():
+        if len(paths) < first + per_class:
+            raise ValueError(f"{root}/train/{c} has {len(paths)} images: too few for "
+                             f"{first} training and {per_class} held-out ones")
+    return _decode_all({c: paths[-per_class:] for c, paths in files.items()})
+
+
 def random_resized_boxes(
     n: int,
     height: int,

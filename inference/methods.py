@@ -18,6 +18,8 @@ from pyro_implicit.dropout import MCDropoutGuide, MCDropoutNetwork
 from pyro_implicit.elbo import ELBO
 from pyro_implicit.ensemble import EnsembleGuide
 from pyro_implicit.models import create_model
+from pyro_implicit.objective import DRAW_MODES
+from pyro_implicit.priors import check_location_scale
 
 from .config import TrainConfig
 from .ensemble import fit_ensemble
@@ -29,6 +31,23 @@ MC_DROPOUT_RATE = 0.3  # mc-dropout's --drop-rate unless given
 
 def _implicit_map(config: TrainConfig, epoch: int) -> ImplicitMAP:
     return ImplicitMAP(config.weight_decay)
+
+
+def _hypernet_loss(config: TrainConfig, epoch: int) -> ImplicitMAP:
+    return ImplicitMAP(config.weight_decay, draws=config.z_draws, mode=config.z_draw_mode)
+
+
+def z_spread(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """The hypernet guide's spread at step ``step`` (0-based) of ``steps`` in epoch ``epoch``:
+    0 (one network, at the anchor draw) for the first ``z_hold`` epochs, then opened linearly
+    to 1 (p(z) itself) over ``z_warmup`` epochs, step by step."""
+    done = epoch * steps + step  # steps taken before this one
+    start = config.z_hold * steps
+    if done < start:
+        return 0.0
+    if not config.z_warmup:
+        return 1.0
+    return min(1.0, (done - start + 1) / (config.z_warmup * steps))
 
 
 def _mle(config: TrainConfig, epoch: int) -> ImplicitMAP:
@@ -61,7 +80,8 @@ class Method:
 
 def _hypernet(net, config: TrainConfig, num_data: int):
     model = BayesianNetwork(net, num_data)
-    guide = ImplicitGuide(model, config.strategy, config.prior, config.z_dim, config.h_dim)
+    guide = ImplicitGuide(model, config.strategy, config.prior, config.z_dim, config.h_dim,
+                          config.z_loc, config.z_scale, anchor_seed=config.seed)
     return model, guide
 
 
@@ -103,7 +123,8 @@ def _ensemble(net, config: TrainConfig, num_data: int):
 
 METHODS: dict[str, Method] = {
     "hypernet": Method(_hypernet, "implicit posterior: hypernetworks generate the residual-block "
-                                  "convs from z ~ p(z); MAP on theta (Ukai et al. 2019)"),
+                                  "convs from z ~ p(z); MAP on theta (Ukai et al. 2019)",
+                       _hypernet_loss),
     "map": Method(_point, "point estimate, weight decay on every parameter"),
     "mle": Method(_point, "point estimate without any weight decay", _mle),
     "ensemble": Method(_ensemble, "--members independently initialised and shuffled map (or "
@@ -130,13 +151,24 @@ def check_method(name: str) -> str:
 def check_method_options(config: TrainConfig) -> None:
     """Raise a ValueError naming the first bad method or method knob of ``config``."""
     check_method(config.method)
-    for name in ("members", "flow_layers", "flow_hidden"):
+    for name in ("members", "flow_layers", "flow_hidden", "z_draws"):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not isinstance(config.kl_anneal, int) or config.kl_anneal < 0:
         raise ValueError(f"kl_anneal must be a number of epochs >= 0, got {config.kl_anneal!r}")
-    for name in ("init_scale", "temperature"):
+    for name in ("z_hold", "z_warmup"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a number of epochs >= 0, got {value!r}")
+    if config.z_hold + config.z_warmup >= config.epochs and (config.z_hold or config.z_warmup):
+        raise ValueError(f"z_hold + z_warmup ({config.z_hold} + {config.z_warmup}) must leave "
+                         f"epochs at full spread: fewer than epochs ({config.epochs})")
+    check_location_scale(config.z_loc, config.z_scale)
+    if config.z_draw_mode not in DRAW_MODES:
+        raise ValueError(f"unknown z draw mode {config.z_draw_mode!r}; choose one of: "
+                         f"{', '.join(DRAW_MODES)}")
+    for name in ("init_scale", "temperature", "theta_lr_scale"):
         value = getattr(config, name)
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {value}")
@@ -182,6 +214,27 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
                    help="bbb, bayes-hypernet: posterior temperature (the KL's weight; 1 = ELBO)")
     p.add_argument("--flow-layers", type=int, default=d.flow_layers, metavar="K",
                    help=f"bayes-hypernet: affine coupling layers (default {d.flow_layers})")
+    p.add_argument("--z-loc", type=float, default=d.z_loc, metavar="MU",
+                   help="hypernet: p(z) moved to MU + S * e, e from --prior (default 0)")
+    p.add_argument("--z-scale", type=float, default=d.z_scale, metavar="S",
+                   help="hypernet: see --z-loc (default 1); only S / MU matters to the "
+                        "generated nets, which BatchNorm makes scale-free")
+    p.add_argument("--z-draws", type=int, default=d.z_draws, metavar="K",
+                   help="hypernet: z draws per step (default 1, the paper's)")
+    p.add_argument("--z-draw-mode", default=d.z_draw_mode,
+                   help="hypernet, --z-draws K: groups (the batch split into K groups, one "
+                        "draw each: the same FLOPs) or mixture (the whole batch through every "
+                        "draw, loss -log of the mean likelihood: K times the FLOPs)")
+    p.add_argument("--z-hold", type=int, default=d.z_hold, metavar="EPOCHS",
+                   help="hypernet: train one network (every z at a fixed anchor draw) for "
+                        "EPOCHS epochs before p(z) opens")
+    p.add_argument("--z-warmup", type=int, default=d.z_warmup, metavar="EPOCHS",
+                   help="hypernet: open p(z) linearly from the anchor over EPOCHS epochs "
+                        "(after --z-hold)")
+    p.add_argument("--theta-lr-scale", type=float, default=d.theta_lr_scale, metavar="F",
+                   help="hypernet: the hypernetworks' output layers learn at F x --lr (an "
+                        "SGD step on them moves w by lr |r|^2, about 16 lr at the paper's "
+                        "init with N(0,1))")
     p.add_argument("--flow-hidden", type=int, default=d.flow_hidden, metavar="H",
                    help=f"bayes-hypernet: hidden units of each coupling net "
                         f"(default {d.flow_hidden})")
@@ -197,4 +250,6 @@ def method_options(args: argparse.Namespace) -> dict:
                 bbb_sites=args.bbb_sites, init_scale=args.init_scale,
                 local_reparam=args.local_reparam, kl_anneal=args.kl_anneal,
                 temperature=args.temperature, flow_layers=args.flow_layers,
-                flow_hidden=args.flow_hidden)
+                flow_hidden=args.flow_hidden, z_loc=args.z_loc, z_scale=args.z_scale,
+                z_draws=args.z_draws, z_draw_mode=args.z_draw_mode, z_hold=args.z_hold,
+                z_warmup=args.z_warmup, theta_lr_scale=args.theta_lr_scale)

@@ -30,7 +30,7 @@ from pyro.nn import PyroModule
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pyro_implicit import BayesianNetwork
+from pyro_implicit import BayesianNetwork, ImplicitGuide
 from pyro_implicit.hypernet import HyperNetworks, release_grads
 from pyro_implicit.objective import unique_parameters
 
@@ -39,7 +39,7 @@ from .config import TrainConfig
 from .data import ImageData, Normalizer, load_data, to_device
 from .distributed import Dist, convert_sync_batchnorm, setup
 from .folders import is_lazy, train_batches, uint8_batches
-from .methods import METHODS, build
+from .methods import METHODS, build, z_spread
 
 CONFIG, METRICS = "config.json", "metrics.json"
 SYNC_EVERY = 50  # steps between reads of the loss sums (the only host-device syncs of a step)
@@ -98,23 +98,31 @@ def make_optimizer(config: TrainConfig, model: PyroModule, guide: PyroModule,
 
     The loss's Gaussian prior is applied here, as SGD weight decay on the parameters it covers
     (the losses of :func:`make_loss` leave it out): the same gradient, without extra passes.
-    With ``fuse`` (not under data parallelism, whose all-reduce needs every gradient) the
-    hypernetworks' output layers are updated inside their backward on CPU
+    With ``fuse`` (not under data parallelism, whose all-reduce needs every gradient, nor with
+    several z draws per step, whose backward runs once per draw) the hypernetworks' output
+    layers are updated inside their backward on CPU
     (:meth:`~pyro_implicit.HyperNetworks.fuse_sgd`): the same step in one pass over theta.
+    Each group's ``lr_scale`` multiplies the schedule's lr (``theta_lr_scale`` for the output
+    layers, 1 elsewhere).
     """
     loss = make_loss(config)
     decayed = loss.decayed_parameters(model, guide) if loss.weight_decay else []
     ids = {id(p) for p in decayed}
     rest = [p for p in unique_parameters(model, guide) if id(p) not in ids]
-    groups = [{"params": ps, "weight_decay": wd}
-              for ps, wd in ((decayed, loss.weight_decay), (rest, 0.0)) if ps]
+    scaled = {id(m.output) for m in guide.modules() if isinstance(m, HyperNetworks)} \
+        if config.theta_lr_scale != 1 else set()
+    groups = [{"params": chosen, "weight_decay": wd, "lr_scale": scale}
+              for params, wd in ((decayed, loss.weight_decay), (rest, 0.0))
+              for scale, chosen in ((1.0, [p for p in params if id(p) not in scaled]),
+                                    (config.theta_lr_scale, [p for p in params if id(p) in scaled]))
+              if chosen]
     c = config
     kwargs = dict(lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0)
     try:
         optimizer = torch.optim.SGD(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):
         return torch.optim.SGD(groups, foreach=True, **kwargs)
-    if fuse:
+    if fuse and config.z_draws == 1:
         for m in guide.modules():
             if isinstance(m, HyperNetworks):
                 m.fuse_sgd(optimizer)
@@ -279,7 +287,7 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
         lr = config.lr_at(epoch)
         loss_fn = make_loss(config, epoch)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         run.model.train()
         run.guide.train()
         if order is None:
@@ -310,6 +318,8 @@ def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: 
                 x, y = (x, y[local]) if lazy else (x[local], y[local])
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if isinstance(run.guide, ImplicitGuide):
+                run.guide.spread = z_spread(config, epoch, step, steps)
             loss, correct = train_step(model, guide, loss_fn, optimizer, x, y,
                                        likelihood_weight=len(y) * dist.world / size,
                                        precision=config.precision)

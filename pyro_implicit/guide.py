@@ -9,13 +9,18 @@ from pyro.nn import PyroModule
 
 from .hypernet import HyperNetworks
 from .model import BayesianNetwork
-from .priors import check_prior, z_prior
+from .priors import check_location_scale, check_prior, prior_quantiles, z_prior
 from .strategies import group_layers
 
 
 class ImplicitGuide(PyroModule):
     """q(w) implicit: sample z ~ p(z) (site ``z``, one row per z group), emit every weight site
-    of ``model`` as a Delta at its hypernetwork output g(z; theta)."""
+    of ``model`` as a Delta at its hypernetwork output g(z; theta).
+
+    p(z) is the named ``prior`` moved to ``z_loc + z_scale * e`` (:mod:`.priors`). ``spread``
+    (1 by default; a training schedule may lower it) contracts every draw towards a fixed
+    ``anchor`` draw, ``anchor + spread * (z - anchor)``: at 0 the guide is one network.
+    """
 
     def __init__(
         self,
@@ -24,8 +29,12 @@ class ImplicitGuide(PyroModule):
         prior: str = "normal",
         z_dim: int = 16,
         h_dim: int = 16,
+        z_loc: float = 0.0,
+        z_scale: float = 1.0,
+        anchor_seed: int = 0,
     ):
         super().__init__()
+        check_location_scale(z_loc, z_scale)
         if not model.sites:
             raise ValueError("the model has no generated weight sites to put a hypernetwork on")
         self.prior = check_prior(prior)
@@ -34,6 +43,13 @@ class ImplicitGuide(PyroModule):
         self.groups, layer_group = group_layers(model.blocks, strategy)
         self.register_buffer("layer_group", torch.tensor(layer_group, dtype=torch.long))
         self.hypernet = HyperNetworks([s.shape for s in model.sites], z_dim, h_dim)
+        self.z_loc, self.z_scale, self.spread = float(z_loc), float(z_scale), 1.0
+        # from a generator of its own (the global RNG stream is untouched), rebuilt from the
+        # seed rather than saved, so state dicts are those of a guide without a schedule
+        u = torch.rand(self.latent_shape, generator=torch.Generator().manual_seed(anchor_seed),
+                       dtype=torch.float64).clamp_(1e-6, 1 - 1e-6)
+        anchor = prior_quantiles(prior, u, self.z_loc, self.z_scale).float()
+        self.register_buffer("anchor", anchor, persistent=False)
 
     @property
     def latent_shape(self) -> tuple[int, int]:
@@ -41,7 +57,9 @@ class ImplicitGuide(PyroModule):
         return len(self.groups), self.hypernet.z_dim
 
     def z_distribution(self) -> dist.Distribution:
-        return z_prior(self.prior, self.latent_shape, self.layer_group.device)
+        """p(z) over the ``z`` site."""
+        return z_prior(self.prior, self.latent_shape, self.layer_group.device, self.z_loc,
+                       self.z_scale)
 
     def sample_latent(self) -> torch.Tensor:
         """One draw of z from p(z), shape ``latent_shape``."""
@@ -52,7 +70,10 @@ class ImplicitGuide(PyroModule):
         return z[self.layer_group]
 
     def weights(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The generated kernels g(z; theta), keyed by site name."""
+        """The generated kernels g(z; theta), keyed by site name (z contracted towards the
+        anchor while ``spread < 1``)."""
+        if self.spread != 1:
+            z = self.anchor + self.spread * (z - self.anchor)
         return dict(zip(self.site_names, self.hypernet(self.layer_z(z)), strict=True))
 
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:

@@ -2,14 +2,16 @@
 
 loss = -(1/N) log p(y_batch | x_batch, w = g(z; theta)) * N/B  +  (weight_decay / 2) ||phi||^2
 
-for one z per mini-batch, where phi are the parameters of the model and guide modules
-(theta and the non-generated network parameters) and never the generated weights, which are
-sample sites. This is the negative log joint per datum with a Gaussian prior
-N(0, 1 / (N * weight_decay)) on phi: MAP with the paper's weight decay in SGD's scaling.
+for one z per mini-batch (or K of them, see :class:`ImplicitMAP`), where phi are the parameters
+of the model and guide modules (theta and the non-generated network parameters) and never the
+generated weights, which are sample sites. This is the negative log joint per datum with a
+Gaussian prior N(0, 1 / (N * weight_decay)) on phi: MAP with the paper's weight decay in SGD's
+scaling.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import pyro.poutine as poutine
@@ -56,6 +58,18 @@ def data_log_likelihood(model_trace) -> tuple[torch.Tensor, float]:
     return log_lik, num_data
 
 
+def observed_site(model_trace) -> dict:
+    """The one observed sample site of a model trace (the mixture objective needs per-datum
+    log-likelihoods of exactly one)."""
+    sites = [site for site in model_trace.nodes.values()
+             if site["type"] == "sample" and site["is_observed"]
+             and not site["infer"].get("_deterministic")]
+    if len(sites) != 1:
+        raise ValueError(f"the mixture objective needs one observed site, the model has "
+                         f"{len(sites)}: pass labels, or use draws=1 / mode='groups'")
+    return sites[0]
+
+
 class GaussianPrior:
     """The Gaussian prior N(0, 1/(N * weight_decay)) of MAP on a loss's point parameters.
 
@@ -82,15 +96,31 @@ class GaussianPrior:
         return 0.5 * self.weight_decay * squared_norm(params).to(device)
 
 
+DRAW_MODES = ("groups", "mixture")
+
+
 class ImplicitMAP(GaussianPrior):
     """Callable Pyro loss ``loss(model, guide, *args, **kwargs) -> Tensor``, usable as
-    ``SVI(model, guide, optim, loss=ImplicitMAP())``. ``weight_decay=0`` gives MLE."""
+    ``SVI(model, guide, optim, loss=ImplicitMAP())``. ``weight_decay=0`` gives MLE.
 
-    def __init__(self, weight_decay: float = 5e-4, decay_in_optimizer: bool = False):
+    ``draws=K`` draws K z per step. ``mode="groups"`` splits the mini-batch into K groups, each
+    run through the kernels of its own draw: the same conv FLOPs, the z-part of the gradient
+    averaged over K draws. ``mode="mixture"`` runs the whole batch through every draw and
+    scores the mixture, -log (1/K) sum_k p(y | x, w_k): an objective that rewards draws for
+    being right where the others are wrong, at K times the cost of a step.
+    """
+
+    def __init__(self, weight_decay: float = 5e-4, decay_in_optimizer: bool = False,
+                 draws: int = 1, mode: str = "groups"):
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if not isinstance(draws, int) or draws < 1:
+            raise ValueError(f"draws must be a positive integer, got {draws!r}")
+        if mode not in DRAW_MODES:
+            raise ValueError(f"unknown draw mode {mode!r}; choose one of: {', '.join(DRAW_MODES)}")
         self.weight_decay = weight_decay
         self.decay_in_optimizer = decay_in_optimizer
+        self.draws, self.mode = draws, mode
 
     def traces(self, model, guide, *args, **kwargs):
         """One guide draw (one z for the whole mini-batch) and the model replayed on it."""
@@ -106,11 +136,40 @@ class ImplicitMAP(GaussianPrior):
         ``likelihood_weight`` multiplies the data term only (data-parallel training uses it to
         weight unequal shards of a global batch).
         """
-        _, model_trace = self.traces(model, guide, *args, **kwargs)
-        log_lik, num_data = data_log_likelihood(model_trace)
-        loss = -likelihood_weight * log_lik / num_data
+        if self.draws == 1:
+            _, model_trace = self.traces(model, guide, *args, **kwargs)
+            log_lik, num_data = data_log_likelihood(model_trace)
+            data_term, logits = log_lik / num_data, model_trace.nodes["logits"]["value"]
+        elif self.mode == "groups":
+            data_term, logits = self._groups(model, guide, *args, **kwargs)
+        else:
+            data_term, logits = self._mixture(model, guide, *args, **kwargs)
+        loss = -likelihood_weight * data_term
         loss = loss + self.prior_term(model, guide, loss.device)
-        return loss, model_trace.nodes["logits"]["value"]
+        return loss, logits
+
+    def _groups(self, model, guide, x: torch.Tensor, *rest: torch.Tensor, **kwargs):
+        """Mean log-likelihood per datum over K groups of the batch, one z draw each."""
+        if x.shape[0] < self.draws:
+            raise ValueError(f"a batch of {x.shape[0]} cannot be split into {self.draws} z groups")
+        terms, logits = 0.0, []
+        for part in zip(*(t.tensor_split(self.draws) for t in (x, *rest)), strict=True):
+            _, model_trace = self.traces(model, guide, *part, **kwargs)
+            log_lik, num_data = data_log_likelihood(model_trace)
+            terms = terms + log_lik / num_data * (part[0].shape[0] / x.shape[0])
+            logits.append(model_trace.nodes["logits"]["value"])
+        return terms, torch.cat(logits)
+
+    def _mixture(self, model, guide, *args, **kwargs):
+        """Mean per-datum log of the K draws' mixture likelihood (1/K) sum_k p(y | x, w_k)."""
+        per_draw, logits = [], 0.0
+        for _ in range(self.draws):
+            _, model_trace = self.traces(model, guide, *args, **kwargs)
+            site = observed_site(model_trace)
+            per_draw.append(site["fn"].log_prob(site["value"]))
+            logits = logits + model_trace.nodes["logits"]["value"].softmax(-1) / self.draws
+        mixture = torch.logsumexp(torch.stack(per_draw), 0) - math.log(self.draws)
+        return mixture.mean(), logits  # the averaged probabilities rank like logits
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self.loss_and_logits(model, guide, *args, **kwargs)[0]

@@ -1,7 +1,16 @@
-"""Priors p(z) for the hypernetworks' input noise, chosen by name."""
+"""Priors p(z) for the hypernetworks' input noise, chosen by name, optionally moved and scaled.
+
+``z_prior(name, shape, loc=mu, scale=s)`` is the law of ``mu + s * e`` for ``e`` drawn from the
+named prior: N(mu, s^2) from ``normal``, U(mu - s, mu + s) from ``uniform`` and so on. The
+hypernetworks are positively homogeneous (``g(c z) = c g(z)`` for ``c > 0``, no biases) and
+every generated conv is followed by BatchNorm, so only z's direction matters: a scale alone
+changes nothing, while the ratio ``s / mu`` moves p(z) between near-copies (``mu`` large:
+every draw in one cone) and diversity (``mu = 0``: draws of every sign).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pyro.distributions as dist
@@ -31,8 +40,37 @@ def check_prior(name: str) -> str:
     return name
 
 
-def z_prior(name: str, shape: tuple[int, ...], device: torch.device | str | None = None):
-    """The prior ``name`` over a z tensor of ``shape``, as one event (``to_event(len(shape))``)."""
+def check_location_scale(loc: float, scale: float) -> None:
+    """Raise a ValueError unless ``loc`` is finite and ``scale`` finite and positive."""
+    if not isinstance(loc, (int, float)) or not math.isfinite(loc):
+        raise ValueError(f"z_loc must be a finite number, got {loc!r}")
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"z_scale must be a finite number > 0, got {scale!r}")
+
+
+def scalar_prior(name: str, device: torch.device | str | None = None, loc: float = 0.0,
+                 scale: float = 1.0) -> dist.Distribution:
+    """The named prior of one z coordinate, moved to ``loc + scale * e``."""
     check_prior(name)
+    check_location_scale(loc, scale)
     zero = torch.zeros((), device=device)
-    return PRIORS[name](zero, zero + 1).expand(shape).to_event(len(shape))
+    base = PRIORS[name](zero, zero + 1)
+    if loc == 0 and scale == 1:
+        return base
+    return dist.TransformedDistribution(
+        base, [dist.transforms.AffineTransform(zero + loc, zero + scale)])
+
+
+def z_prior(name: str, shape: tuple[int, ...], device: torch.device | str | None = None,
+            loc: float = 0.0, scale: float = 1.0) -> dist.Distribution:
+    """The prior ``name`` (moved to ``loc + scale * e``) over a z tensor of ``shape``, as one
+    event (``to_event(len(shape))``)."""
+    return scalar_prior(name, device, loc, scale).expand(shape).to_event(len(shape))
+
+
+def prior_quantiles(name: str, u: torch.Tensor, loc: float = 0.0,
+                    scale: float = 1.0) -> torch.Tensor:
+    """z at the quantiles ``u`` in (0, 1) of each coordinate: a draw of p(z) made from uniform
+    numbers of one's own generator (the global RNG stream stays untouched)."""
+    base = PRIORS[check_prior(name)](torch.zeros((), dtype=u.dtype), torch.ones((), dtype=u.dtype))
+    return loc + scale * base.icdf(u)

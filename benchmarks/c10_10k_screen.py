@@ -1,0 +1,110 @@
+"""The ``c10-10k-screen`` protocol: cheap screening of hypernetwork configurations.
+
+The c10-10k data and net (``wrn-16-2``, the first 1,000 training files of each class, batch
+128, the paper's optimiser and schedule) for 15 epochs, seed 0. Every run is scored on a
+validation split carved from training files outside the subset, the last 500 of each class
+(5,000 images), never on ``test/``: N in {1, 2, 4, 8, 16}, x1 the median of 5 draws, BN
+recalibrated per sample over 50 batches of the subset.
+
+References: MAP and the paper's hypernets (N(0,1) and U(0,1)) at 15 epochs. Candidates: the
+options of ``pyro-implicit train --method hypernet`` (see ``docs/method.md``).
+
+Writes ``RESULTS/NAME.json`` per run (the ``evaluate`` JSON on the validation split plus config,
+history and wall times); finished runs are skipped and interrupted ones resumed, so the driver
+can be killed and restarted at any point.
+
+Usage: python benchmarks/c10_10k_screen.py [--only NAME ...] [--list] [--runs DIR] [--results DIR]
+Then:  python benchmarks/c10_10k_screen_report.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runner import run_and_evaluate  # noqa: E402
+
+from pyro_implicit.inference import TrainConfig  # noqa: E402
+from pyro_implicit.inference.data import imagefolder_holdout  # noqa: E402
+from pyro_implicit.inference.evaluate import evaluate  # noqa: E402
+from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
+from pyro_implicit.inference.train import load_run  # noqa: E402
+
+EPOCHS = 15
+HOLDOUT_PER_CLASS = 500
+SAMPLES = (1, 2, 4, 8, 16)
+BN_BATCHES = 50
+
+
+def _h(prior: str = "normal", **changes) -> dict:
+    return dict(method="hypernet", prior=prior, **changes)
+
+
+# name -> TrainConfig changes to the screening protocol; references first, then candidates
+RUNS: dict[str, dict] = {
+    "map": dict(method="map"),
+    "hypernet-normal": _h(),
+    "hypernet-uniform01": _h("uniform01"),
+    # the prior as a knob: N(mu, s^2); BatchNorm makes only s / mu matter
+    "hypernet-normal-loc1-scale0.5": _h(z_loc=1.0, z_scale=0.5),
+    "hypernet-normal-loc1-scale1": _h(z_loc=1.0, z_scale=1.0),
+    # several z per step: 4 groups of 32 images, one draw each (same conv FLOPs)
+    "hypernet-normal-draws4": _h(z_draws=4),
+    "hypernet-uniform01-draws4": _h("uniform01", z_draws=4),
+    # a noise schedule: one network for 2 epochs, p(z) opened over the next 4
+    "hypernet-normal-hold2-warmup4": _h(z_hold=2, z_warmup=4),
+    # the generated weights' step: the output layers at 1/16 of lr (lr |r|^2 ~ lr)
+    "hypernet-normal-thetalr0.0625": _h(theta_lr_scale=0.0625),
+    # a diversity-aware objective: the mixture likelihood of 2 draws (2x the step)
+    "hypernet-normal-mixture2": _h(z_draws=2, z_draw_mode="mixture"),
+}
+
+
+def config_for(name: str, data: str) -> TrainConfig:
+    """The screening TrainConfig of run ``name`` (one of RUNS) reading ``data``."""
+    return TrainConfig(**{**C10_10K, "data": data, "epochs": EPOCHS,
+                          "recipe": "c10-10k-screen", **RUNS[name]})
+
+
+def validation_evaluator(data: str, train_subset: int):
+    """``evaluate_run``'s stand-in scoring a run folder on the held-out split of ``data``."""
+    held_x, held_y = imagefolder_holdout(data, HOLDOUT_PER_CLASS, train_subset)
+
+    def score(path: Path, progress: bool = False, **kwargs) -> dict:
+        run = load_run(path)
+        run.data.test_x, run.data.test_y = held_x, held_y  # never test/
+        result = evaluate(run, progress=progress, **kwargs)
+        result.update(run=str(path), data=f"{data} (last {HOLDOUT_PER_CLASS} training files "
+                                          f"of each class)")
+        return result
+
+    return score
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", metavar="NAME", help=f"run these only: {', '.join(RUNS)}")
+    p.add_argument("--list", action="store_true", help="print the run names and exit")
+    p.add_argument("--data", default=C10_10K["data"])
+    p.add_argument("--runs", type=Path, default=Path("runs/c10-10k-screen"))
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results/c10-10k-screen"))
+    args = p.parse_args()
+    if args.list:
+        print("\n".join(RUNS))
+        return
+    names = args.only or list(RUNS)
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        p.error(f"unknown run(s) {unknown}; valid: {', '.join(RUNS)}")
+    for name in names:
+        config_for(name, args.data).validate()  # every bad run refused before any work
+    evaluator = validation_evaluator(args.data, C10_10K["train_subset"])
+    for name in names:
+        run_and_evaluate(name, config_for(name, args.data), args.runs, args.results,
+                         {"": {"samples": SAMPLES, "bn_batches": BN_BATCHES}}, evaluator)
+
+
+if __name__ == "__main__":
+    main()
