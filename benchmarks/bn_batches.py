@@ -20,7 +20,7 @@ import torch
 
 from pyro_implicit import freeze_posterior
 from pyro_implicit.inference.evaluate import evaluate
-from pyro_implicit.inference.train import load_run
+from pyro_implicit.inference.runs import load_run
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

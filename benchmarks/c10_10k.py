@@ -32,7 +32,7 @@ from pyro_implicit.inference import TrainConfig  # noqa: E402
 from pyro_implicit.inference.ensemble import MEMBERS, member_config  # noqa: E402
 from pyro_implicit.inference.methods import MC_DROPOUT_RATE  # noqa: E402
 from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
-from pyro_implicit.inference.train import CONFIG  # noqa: E402
+from pyro_implicit.inference.runs import CONFIG  # noqa: E402
 
 SAMPLES = (1, 2, 4, 8, 16)
 # widening at N draws builds an N-times wider net from N^2 draws (N^2 times the FLOPs): N <= 4

@@ -66,7 +66,7 @@ from pyro_implicit.inference.analyze import (  # noqa: E402
 )
 from pyro_implicit.inference.evaluate import X1_DRAWS  # noqa: E402
 from pyro_implicit.inference.recipes import PRIOR_NAMES  # noqa: E402
-from pyro_implicit.inference.train import CONFIG, Run  # noqa: E402
+from pyro_implicit.inference.runs import CONFIG, Run  # noqa: E402
 
 SEED = 0  # as evaluate: the analyses' first draws are the evaluation's draws
 MAP_RUN, ENSEMBLE_RUN = "map-s0", "ensemble-s0"

@@ -30,7 +30,7 @@ from pyro_implicit.inference import TrainConfig  # noqa: E402
 from pyro_implicit.inference.data import imagefolder_holdout  # noqa: E402
 from pyro_implicit.inference.evaluate import evaluate  # noqa: E402
 from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
-from pyro_implicit.inference.train import load_run  # noqa: E402
+from pyro_implicit.inference.runs import load_run  # noqa: E402
 
 EPOCHS = 15
 HOLDOUT_PER_CLASS = 500

@@ -19,9 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import Variant, _cpu_name, write_json  # noqa: E402
 
-import pyro_implicit.hypernet as hypernet  # noqa: E402
+import pyro_implicit.generation as generation  # noqa: E402
+from pyro_implicit.hypernet import release_grads  # noqa: E402
 
-MODES = {"threads": hypernet._threads_for, "one": lambda output: 1}
+MODES = {"threads": generation._threads_for, "one": lambda output: 1}
 
 
 def time_modes(net: str, repeats: int, warmup: int = 2) -> dict[str, dict[str, list[float]]]:
@@ -31,18 +32,18 @@ def time_modes(net: str, repeats: int, warmup: int = 2) -> dict[str, dict[str, l
     times = {mode: {"forward": [], "backward": []} for mode in MODES}
     for i in range(warmup + repeats):
         for mode, threads_for in MODES.items():
-            hypernet._threads_for = threads_for
+            generation._threads_for = threads_for
             z = torch.randn(len(hyper.shapes), hyper.z_dim)
             t0 = time.perf_counter()
             kernels = hyper(z)
             t1 = time.perf_counter()
-            hypernet.release_grads(hyper)
+            release_grads(hyper)
             sum(k.sum() for k in kernels).backward()
             t2 = time.perf_counter()
             if i >= warmup:
                 times[mode]["forward"].append(t1 - t0)
                 times[mode]["backward"].append(t2 - t1)
-    hypernet._threads_for = MODES["threads"]
+    generation._threads_for = MODES["threads"]
     return times
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pyro_implicit.inference import TrainConfig
 from pyro_implicit.inference.evaluate import evaluate_run
-from pyro_implicit.inference.train import CONFIG, METRICS, fit
+from pyro_implicit.inference.runs import CONFIG, METRICS
+from pyro_implicit.inference.train import fit
 
 
 def finished_epochs(run: Path) -> int:

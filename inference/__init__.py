@@ -1,7 +1,7 @@
 """The inference module: methods behind one fit/evaluate interface, training loop, CLI.
 
-Attributes load lazily, so that ``python -m pyro_implicit.inference.train`` (torchrun's entry
-point) does not import its own module twice.
+Attributes load lazily, so that ``python -m pyro_implicit.inference`` (torchrun's entry point)
+and ``python -m pyro_implicit.inference.cli`` do not import the command line twice.
 """
 
 from importlib import import_module
@@ -9,7 +9,7 @@ from importlib import import_module
 _EXPORTS = {
     "METHODS": "methods", "build": "methods", "TrainConfig": "config",
     "evaluate": "evaluate", "evaluate_run": "evaluate",
-    "fit": "train", "load_run": "train", "prepare": "train",
+    "fit": "train", "load_run": "runs", "prepare": "runs",
 }
 
 __all__ = sorted(_EXPORTS)

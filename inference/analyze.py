@@ -27,7 +27,6 @@ from pyro_implicit.analysis import (
     draw_probs,
     draw_weights,
     fault_table,
-    is_point,
     observed_labels,
     reliability,
     select_weights,
@@ -36,9 +35,11 @@ from pyro_implicit.analysis import (
 )
 
 from .config import TrainConfig
-from .data import ImageData, load_data
+from .data import load_data
 from .evaluate import BN_BATCHES, sample_probs
-from .train import CONFIG, METRICS, Run, fit, load_run
+from .images import ImageData
+from .runs import Run, is_finished, is_run, load_run, read_config
+from .train import fit
 
 POSTERIOR, SUMMARY = "posterior.nc", "summary.json"
 FAULT_MODELS = 4  # the paper's "quadruple fault"
@@ -54,26 +55,15 @@ def load_runs(paths: Iterable[Path | str], base: Path | str | None = None) -> li
     cache: dict[tuple, ImageData] = {}
     runs = []
     for path in map(Path, paths):
-        if not (path / CONFIG).is_file():
-            raise FileNotFoundError(f"{path} is not a run folder (no {CONFIG})")
-        config = TrainConfig.load(path / CONFIG)
+        config = read_config(path)
         spec = config.data
         if base is not None and spec.startswith("imagefolder:"):
             spec = f"imagefolder:{Path(base) / spec.split(':', 1)[1]}"
         key = (spec, config.train_subset, config.data_root)
         if key not in cache:
             cache[key] = load_data(spec, config.train_subset, config.data_root, config.download)
-        runs.append(load_run(path, cache[key]))
+        runs.append(load_run(path, cache[key], config=config))
     return runs
-
-
-def is_finished(folder: Path | str) -> bool:
-    """Whether ``folder`` holds a run that has trained all its epochs."""
-    folder = Path(folder)
-    if not (folder / METRICS).is_file() or not (folder / CONFIG).is_file():
-        return False
-    epochs = len(json.loads((folder / METRICS).read_text())["history"])
-    return epochs >= TrainConfig.load(folder / CONFIG).epochs
 
 
 def ensure_runs(root: Path | str, configs: Mapping[str, TrainConfig],
@@ -85,7 +75,8 @@ def ensure_runs(root: Path | str, configs: Mapping[str, TrainConfig],
         folder = Path(root) / name
         if not is_finished(folder):
             pyro.clear_param_store()
-            fit(config, folder, resume=(folder / CONFIG).is_file(), progress=progress)
+            fit(None if is_run(folder) else config, folder, resume=is_run(folder),
+                progress=progress)
         folders[name] = folder
     return folders
 
@@ -125,7 +116,7 @@ def _describe(runs: Sequence[Run]) -> dict[str, str]:
         return ",".join(sorted({str(getattr(run.config, key)) for run in members}))
 
     described = {k: joined(k, runs) for k in ("method", "model", "data", "epochs")}
-    latent = [run for run in runs if not is_point(run.guide)]  # z sharing and p(z) mean nothing
+    latent = [run for run in runs if not run.guide.is_point]  # z sharing and p(z) mean nothing
     if latent:                                                 # for point estimates
         described.update({k: joined(k, latent) for k in ("strategy", "prior")})
     return described
@@ -175,9 +166,9 @@ def analyze(
         values.append(w)
         if predictive_draws:
             pyro.set_rng_seed(seed)  # the same latents again, now with BN recalibration
-            n = 1 if ensemble or is_point(run.guide) else predictive_draws
+            n = 1 if ensemble or run.guide.is_point else predictive_draws
             probs.append(sample_probs(run, test_x, n, bn_batches, progress=progress))
-    z_groups = None if ensemble else getattr(runs[0].guide, "groups", None)  # hypernetwork z
+    z_groups = None if ensemble else runs[0].guide.z_groups  # hypernetwork z
     attrs = {**_describe(runs), "members": len(runs), "seed": seed,
              "bn_batches": "all" if bn_batches is None else bn_batches}
     return to_inference_data(

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import torch
 
-CHECKPOINT = "checkpoint.pt"
-
 
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write ``state`` to ``path`` atomically: a reader sees the old file or the new, never half."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -12,42 +13,22 @@ from pathlib import Path
 
 from pyro_implicit.forms import FORMS, check_form
 from pyro_implicit.models import model_help
-from pyro_implicit.priors import PRIOR_DESCRIPTIONS
-from pyro_implicit.strategies import STRATEGIES
 
 from .config import PRECISIONS, TrainConfig, default_device
 from .data import DATA_CHOICES
 from .distributed import teardown
 from .evaluate import BN_BATCHES, evaluate, evaluate_run, format_table, parse_samples
-from .methods import METHODS, add_method_args, method_options
+from .methods import METHODS
+from .options import OPTION_GROUPS, add_option_flags, non_negative_int, positive_int
 from .recipes import describe_recipes, resolve_config
-from .train import TrainingInterrupted, fit
+from .runs import TrainingInterrupted
+from .train import fit
 
 DEFAULTS = TrainConfig()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
 def _bn_batches(text: str) -> int | None:
-    return None if text in ("all", "full") else _positive_int(text)
+    return None if text in ("all", "full") else positive_int(text)
 
 
 def _form(text: str) -> str:
@@ -61,21 +42,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULTS.model, help=f"network: {model_help()}")
     p.add_argument("--method", default=DEFAULTS.method, help="; ".join(
         f"{name}: {method.description}" for name, method in METHODS.items()))
-    p.add_argument("--strategy", default=DEFAULTS.strategy,
-                   help=f"z sharing for hypernet: {', '.join(STRATEGIES)}")
-    p.add_argument("--prior", default=DEFAULTS.prior, help="p(z): " + ", ".join(
-        f"{name} {law}" for name, law in PRIOR_DESCRIPTIONS.items()))
-    p.add_argument("--z-dim", type=_positive_int, default=DEFAULTS.z_dim)
-    p.add_argument("--h-dim", type=_positive_int, default=DEFAULTS.h_dim)
     p.add_argument("--drop-rate", type=float, default=None,
                    help="dropout inside WideResNet blocks (default 0; 0.3 for mc-dropout)")
     p.add_argument("--data", default=DEFAULTS.data, help=f"dataset: {DATA_CHOICES}")
     p.add_argument("--data-root", default=None, help="where torchvision datasets live")
     p.add_argument("--download", action="store_true", help="download torchvision datasets")
-    p.add_argument("--train-subset", type=_positive_int, default=None, metavar="K",
+    p.add_argument("--train-subset", type=positive_int, default=None, metavar="K",
                    help="class-balanced subset: the first K/C training items of each class")
-    p.add_argument("--epochs", type=_positive_int, default=DEFAULTS.epochs)
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size)
+    p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr)
     p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay,
                    help="Gaussian prior on theta and non-generated parameters (0 = MLE)")
@@ -91,7 +66,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="bf16: forward and loss under bfloat16 autocast (GPU: Ampere or newer)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for cuda, off for cpu)")
-    p.add_argument("--workers", type=_non_negative_int, default=DEFAULTS.workers,
+    p.add_argument("--workers", type=non_negative_int, default=DEFAULTS.workers,
                    help="DataLoader workers decoding imagenet:PATH batches")
     p.add_argument("--recipe", default=None, metavar="NAME",
                    help="a named paper experiment (pyro-implicit recipes lists them); any flag "
@@ -99,7 +74,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true",
                    help="scale down to the tiny network of the same family on tiny data, 1 "
                         "epoch: checks that a recipe runs")
-    add_method_args(p)
+    add_option_flags(p, {group: ", ".join(name for name, m in METHODS.items()
+                                          if group in m.options) for group in OPTION_GROUPS})
 
 
 _UNSET = object()
@@ -119,19 +95,15 @@ def explicit_flags(argv: list[str] | None) -> set[str]:
 
 def _flag_config(args: argparse.Namespace) -> TrainConfig:
     """Every train flag's value (typed or default) as a TrainConfig, not yet validated."""
-    device = args.device or default_device()
-    channels_last = args.channels_last
-    if channels_last is None:
-        channels_last = device.startswith("cuda")
-    return TrainConfig(
-        precision=args.precision, channels_last=channels_last, workers=args.workers,
-        model=args.model, method=args.method, strategy=args.strategy, prior=args.prior,
-        z_dim=args.z_dim, h_dim=args.h_dim, data=args.data,
-        data_root=args.data_root, download=args.download, train_subset=args.train_subset,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, device=device,
-        sync_bn=args.sync_bn, per_rank_z=args.per_rank_z, **method_options(args),
-    )
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe", "smoke"}  # see _config
+    values = {name: value for name, value in vars(args).items() if name in names}
+    values["device"] = args.device or default_device()
+    if args.channels_last is None:
+        values["channels_last"] = values["device"].startswith("cuda")
+    if args.drop_rate is None:  # the method's own default (mc-dropout's rate), else none
+        values["drop_rate"] = METHODS[args.method].defaults.get("drop_rate", 0.0) \
+            if args.method in METHODS else 0.0
+    return TrainConfig(**values)
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -224,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train map and hypernet on digits and compare them")
     demo.add_argument("--model", default="wrn-16-2")
-    demo.add_argument("--epochs", type=_positive_int, default=30)
+    demo.add_argument("--epochs", type=positive_int, default=30)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default=None, help="folder for the two runs (default: a temp dir)")
     demo.add_argument("--json", default=None, metavar="FILE", help="also write the table here")
@@ -266,18 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run folder; several form an ensemble (one draw per run)")
     an.add_argument("--out", required=True, metavar="DIR",
                     help="writes DIR/posterior.nc (InferenceData) and DIR/summary.json")
-    an.add_argument("--draws", type=_positive_int, default=1000, metavar="S",
+    an.add_argument("--draws", type=positive_int, default=1000, metavar="S",
                     help="posterior draws of the weights (default 1000, as the paper)")
-    an.add_argument("--pairs", type=_positive_int, default=1000, metavar="K",
+    an.add_argument("--pairs", type=positive_int, default=1000, metavar="K",
                     help="random weight pairs within blocks, and as many across (default 1000)")
-    an.add_argument("--predictive-draws", type=_positive_int, default=16, metavar="N",
+    an.add_argument("--predictive-draws", type=positive_int, default=16, metavar="N",
                     help="draws evaluated on the test set, BN recalibrated each (default 16)")
     an.add_argument("--weight", action="append", default=[], metavar="SITE[i,j,..]",
                     help="also record this weight, e.g. stage1.0.conv1.weight[0,0,1,1]")
     an.add_argument("--bn-batches", type=_bn_batches, default=BN_BATCHES, metavar="K|all",
                     help=f"training batches for BN recalibration per draw (default "
                          f"{BN_BATCHES}; all: one full pass)")
-    an.add_argument("--test-subset", type=_positive_int, default=None, metavar="K",
+    an.add_argument("--test-subset", type=positive_int, default=None, metavar="K",
                     help="K random test points instead of the whole test set")
     an.add_argument("--seed", type=int, default=0, help="seed of the draws and pairs")
     an.set_defaults(func=cmd_analyze)

@@ -9,10 +9,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyro_implicit.priors import check_prior
-from pyro_implicit.strategies import check_strategy
+from pyro_implicit.models.registry import resolve_model
 
 from .data import check_data_spec
+from .methods import METHODS, check_method
+from .options import (
+    OPTION_GROUPS,
+    BBBOptions,
+    ELBOOptions,
+    EnsembleOptions,
+    FlowOptions,
+    HypernetOptions,
+)
 
 CONFIG_FORMAT = 1
 
@@ -58,22 +66,12 @@ def check_precision(device: str, precision: str) -> str:
 
 
 @dataclass
-class TrainConfig:
-    """A training run. Defaults follow the paper's recipe (WideResNet's CIFAR schedule)."""
+class TrainConfig(HypernetOptions, EnsembleOptions, BBBOptions, ELBOOptions, FlowOptions):
+    """A training run. Defaults follow the paper's recipe (WideResNet's CIFAR schedule); each
+    method's knobs come from its group in :mod:`.options`."""
 
     model: str = "wrn-16-2"
     method: str = "hypernet"
-    strategy: str = "all-in-one"
-    prior: str = "normal"
-    z_dim: int = 16
-    h_dim: int = 16
-    z_loc: float = 0.0  # hypernet: p(z) moved to z_loc + z_scale * e (see methods.add_method_args)
-    z_scale: float = 1.0
-    z_draws: int = 1
-    z_draw_mode: str = "groups"
-    z_hold: int = 0
-    z_warmup: int = 0
-    theta_lr_scale: float = 1.0
     drop_rate: float = 0.0
     data: str = "digits"
     data_root: str | None = None
@@ -96,29 +94,16 @@ class TrainConfig:
     workers: int = 8  # DataLoader workers of lazy (imagenet:PATH) data
     recipe: str | None = None  # the --recipe this run came from (see .recipes), and --smoke
     smoke: bool = False
-    members: int = 4  # the method knobs below: see methods.add_method_args
-    member_method: str = "map"
-    bbb_sites: str = "residual"
-    init_scale: float = 0.01
-    local_reparam: bool = False
-    kl_anneal: int = 0
-    temperature: float = 1.0
-    flow_layers: int = 4
-    flow_hidden: int = 64
     format: int = CONFIG_FORMAT
 
     def validate(self) -> TrainConfig:
         """Raise a ValueError naming the first bad value and the valid choices."""
-        from pyro_implicit.models.registry import resolve_model
-
-        from .methods import check_method_options
-
         resolve_model(self.model)
-        check_method_options(self)
-        check_strategy(self.strategy)
-        check_prior(self.prior)
+        method = METHODS[check_method(self.method)]
+        for group in OPTION_GROUPS:
+            group.check(self)
         check_data_spec(self.data)
-        for name in ("epochs", "batch_size", "z_dim", "h_dim"):
+        for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.train_subset is not None and self.train_subset < 1:
@@ -132,6 +117,9 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if not 0 <= self.drop_rate < 1:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+        if (self.z_hold or self.z_warmup) and self.z_hold + self.z_warmup >= self.epochs:
+            raise ValueError(f"z_hold + z_warmup ({self.z_hold} + {self.z_warmup}) must leave "
+                             f"epochs at full spread: fewer than epochs ({self.epochs})")
         check_device(self.device)
         check_precision(self.device, self.precision)
         if not isinstance(self.workers, int) or self.workers < 0:
@@ -139,6 +127,8 @@ class TrainConfig:
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError(
                 f"milestones are fractions of the epochs in (0, 1), got {self.milestones}")
+        if method.check is not None:
+            method.check(self)
         return self
 
     def lr_at(self, epoch: int) -> float:

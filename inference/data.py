@@ -16,52 +16,30 @@ standard resize-256 + center-crop-224, and un-augmented training batches are cen
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .folders import load_imagenet
+from .images import (
+    IMAGENET_CROP,
+    IMAGENET_RESIZE,
+    ImageData,
+    decode_all,
+    first_per_class,
+    image_size,
+    items_per_class,
+    list_split,
+    random_resized_crop,
+)
+
 DATA_CHOICES = "digits, cifar10, svhn, imagefolder:PATH, imagenet:PATH"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 AUGMENT_CHOICES = ("auto", "pad-crop", "imagenet")
 AUTO_IMAGENET_ABOVE = 64  # "auto" picks imagenet for images whose shorter side exceeds this
-IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
-RRC_SCALE, RRC_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 PATH_SPECS = ("imagefolder:", "imagenet:")  # spec prefixes followed by a PATH
-
-
-@dataclass
-class ImageData:
-    """Train and test images (uint8, N x C x H x W) with labels, classes and augmentation
-    (``augment``: ``pad-crop`` uses ``pad``; ``imagenet`` random-resized-crops to 224)."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    classes: list[str]
-    pad: int  # random-crop padding
-    flip: bool  # random horizontal flips
-    augment: str = "pad-crop"  # or "imagenet"
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def in_channels(self) -> int:
-        return self.train_x.shape[1]
-
-    def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training images in [0, 1]."""
-        x = self.train_x.double().div_(255).transpose(0, 1).flatten(1)
-        return x.mean(1).tolist(), x.std(1).tolist()
 
 
 def check_data_spec(spec: str) -> str:
@@ -95,8 +73,6 @@ def load_data(
     check_data_spec(spec)
     check_augment(augment)
     if spec.startswith("imagenet:"):  # lazy: decoded per batch (see .folders)
-        from .folders import load_imagenet
-
         return load_imagenet(Path(spec.split(":", 1)[1]), train_subset)
     if spec.startswith("imagefolder:"):
         return _imagefolder(Path(spec.split(":", 1)[1]), train_subset, augment)
@@ -111,15 +87,8 @@ def load_data(
     return data
 
 
-def _per_class(train_subset: int, num_classes: int) -> int:
-    if train_subset < num_classes:
-        raise ValueError(f"--train-subset {train_subset} must be at least the number of "
-                         f"classes ({num_classes})")
-    return train_subset // num_classes
-
-
 def _balanced_subset(x: torch.Tensor, y: torch.Tensor, k: int, num_classes: int):
-    per_class = _per_class(k, num_classes)
+    per_class = items_per_class(k, num_classes)
     keep = []
     for c in range(num_classes):
         idx = (y == c).nonzero().flatten()
@@ -202,95 +171,22 @@ def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return x.pin_memory().to(device, non_blocking=True)
 
 
-def _first_per_class(files: dict[str, list[Path]], train_subset: int,
-                     root: Path) -> dict[str, list[Path]]:
-    """The first ``train_subset // C`` files of each of the C classes of ``root/train``: the
-    class-balanced subset of an image folder, taken before anything is decoded."""
-    per_class = _per_class(train_subset, len(files))
-    for c, paths in files.items():
-        if len(paths) < per_class:
-            raise ValueError(f"--train-subset {train_subset}: {root}/train/{c} has only "
-                             f"{len(paths)} images, {per_class} needed")
-    return {c: paths[:per_class] for c, paths in files.items()}
-
-
-def _list_split(root: Path, split: str, classes: list[str] | None) -> dict[str, list[Path]]:
-    folder = root / split
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {root} has no {split}/ folder: expected "
-                                f"{root}/train/<class>/* and {root}/test/<class>/*")
-    found = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    if not found:
-        raise FileNotFoundError(f"{folder} has no class folders")
-    if classes is not None and found != classes:
-        raise ValueError(f"{folder} has classes {found}, but train/ has {classes}")
-    files = {c: sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-             for c in found}
-    for c, paths in files.items():
-        if not paths:
-            raise FileNotFoundError(f"class folder {folder / c} has no images")
-    return files
-
-
-def _decode(path: Path, crop: int | None = None) -> torch.Tensor:
-    """Decode to RGB uint8 C x H x W; with ``crop``, resized to shorter side 256 (bilinear,
-    antialiased, as torchvision's ``Resize(256)``) and center-cropped to ``crop`` x ``crop``."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if crop is not None:
-                from torchvision.transforms.v2 import functional as TF
-
-                img = TF.center_crop(TF.resize(img, [IMAGENET_RESIZE]), [crop])
-            array = np.asarray(img)
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image, read from its header."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
-
-
-def _decode_all(files: dict[str, list[Path]],
-                crop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    paths = [p for c in files for p in files[c]]
-    labels = torch.tensor([i for i, c in enumerate(files) for _ in files[c]], dtype=torch.long)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        images = list(pool.map(partial(_decode, crop=crop), paths))
-    shape = images[0].shape
-    for path, img in zip(paths, images, strict=True):
-        if img.shape != shape:
-            raise ValueError(f"image {path} has shape {tuple(img.shape)}, expected "
-                             f"{tuple(shape)} like {paths[0]}")
-    return torch.stack(images), labels
-
-
 def _imagefolder(root: Path, train_subset: int | None, augment: str) -> ImageData:
-    train_files = _list_split(root, "train", None)
+    train_files = list_split(root, "train", None)
     classes = list(train_files)
-    test_files = _list_split(root, "test", classes)
+    test_files = list_split(root, "test", classes)
     if train_subset is not None:
-        train_files = _first_per_class(train_files, train_subset, root)
+        train_files = first_per_class(train_files, train_subset, root)
     if augment == "auto":
         first = next(iter(train_files.values()))[0]
-        augment = "imagenet" if min(_image_size(first)) > AUTO_IMAGENET_ABOVE else "pad-crop"
+        augment = "imagenet" if min(image_size(first)) > AUTO_IMAGENET_ABOVE else "pad-crop"
     if augment == "imagenet":
-        train_x, train_y = _decode_all(train_files, IMAGENET_RESIZE)
-        test_x, test_y = _decode_all(test_files, IMAGENET_CROP)
+        train_x, train_y = decode_all(train_files, IMAGENET_RESIZE)
+        test_x, test_y = decode_all(test_files, IMAGENET_CROP)
         return ImageData(train_x, train_y, test_x, test_y, classes, pad=0, flip=True,
                          augment="imagenet")
-    train_x, train_y = _decode_all(train_files)
-    test_x, test_y = _decode_all(test_files)
+    train_x, train_y = decode_all(train_files)
+    test_x, test_y = decode_all(test_files)
     if test_x.shape[1:] != train_x.shape[1:]:
         raise ValueError(f"test images are {tuple(test_x.shape[1:])}, train images "
                          f"{tuple(train_x.shape[1:])}")
@@ -309,59 +205,13 @@ def imagefolder_holdout(spec: str, per_class: int,
         raise ValueError("a held-out split needs a train_subset: the whole training split is "
                          "the training data")
     root = Path(spec.split(":", 1)[1])
-    files = _list_split(root, "train", None)
-    first = _per_class(train_subset, len(files))
+    files = list_split(root, "train", None)
+    first = items_per_class(train_subset, len(files))
     for c, paths in files.items():
         if len(paths) < first + per_class:
             raise ValueError(f"{root}/train/{c} has {len(paths)} images: too few for "
                              f"{first} training and {per_class} held-out ones")
-    return _decode_all({c: paths[-per_class:] for c, paths in files.items()})
-
-
-def random_resized_boxes(
-    n: int,
-    height: int,
-    width: int,
-    generator: torch.Generator,
-    scale: tuple[float, float] = RRC_SCALE,
-    ratio: tuple[float, float] = RRC_RATIO,
-) -> torch.Tensor:
-    """``n`` crop boxes (top, left, height, width) drawn as torchvision's ``RandomResizedCrop``:
-    the first of 10 tries (area fraction in ``scale``, log-uniform aspect in ``ratio``) that fits,
-    else the central crop clamped to ``ratio``; all tries of all images drawn at once."""
-    area = torch.empty(n, 10).uniform_(*scale, generator=generator) * (height * width)
-    log_ratio = torch.empty(n, 10).uniform_(math.log(ratio[0]), math.log(ratio[1]),
-                                             generator=generator)
-    aspect = log_ratio.exp()
-    w = (area * aspect).sqrt().round().long()
-    h = (area / aspect).sqrt().round().long()
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = fits.long().argmax(1, keepdim=True)  # index of the first try that fits
-    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
-    u = torch.rand(2, n, generator=generator)
-    top = (u[0] * (height - h + 1)).long()
-    left = (u[1] * (width - w + 1)).long()
-    if width / height < min(ratio):
-        fw, fh = width, round(width / min(ratio))
-    elif width / height > max(ratio):
-        fw, fh = round(height * max(ratio)), height
-    else:
-        fw, fh = width, height
-    fallback = ~fits.any(1)
-    h, w = h.masked_fill(fallback, fh), w.masked_fill(fallback, fw)
-    top = top.masked_fill(fallback, (height - fh) // 2)
-    left = left.masked_fill(fallback, (width - fw) // 2)
-    return torch.stack([top, left, h, w], 1)
-
-
-def random_resized_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Each image of the batch ``x`` cropped to its own random box and resized to ``size`` x
-    ``size`` (bilinear, antialiased), as torchvision's ``RandomResizedCrop``."""
-    from torchvision.transforms.v2 import functional as TF
-
-    boxes = random_resized_boxes(x.shape[0], x.shape[-2], x.shape[-1], generator).tolist()
-    return torch.stack([TF.resized_crop(img, *box, [size, size], antialias=True)
-                        for img, box in zip(x, boxes, strict=True)])
+    return decode_all({c: paths[-per_class:] for c, paths in files.items()})
 
 
 class Normalizer:

@@ -1,6 +1,6 @@
 """Data-parallel training with PyTorch's own engine: torchrun, DDP, synchronised BatchNorm.
 
-Launch with ``torchrun --nproc_per_node=K -m pyro_implicit.inference.train ARGS`` (or
+Launch with ``torchrun --nproc_per_node=K -m pyro_implicit.inference train ARGS`` (or
 ``pyro-implicit train`` under torchrun). Every rank builds the same global mini-batch (same data
 order, same augmentation) and takes its shard, so K processes see exactly what one process
 with the same global batch sees; gradients are averaged by ``DistributedDataParallel``.

@@ -16,12 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT, save_checkpoint
+from .checkpoint import save_checkpoint
 from .config import TrainConfig
-from .data import ImageData, load_data
+from .data import load_data
 from .distributed import setup
+from .images import ImageData
+from .runs import CHECKPOINT, CONFIG, METRICS, Run, TrainingInterrupted, build_run
 
 MEMBERS = "members"
 
@@ -32,12 +35,11 @@ def member_config(config: TrainConfig, index: int) -> TrainConfig:
                                seed=config.seed * config.members + index)
 
 
-def fit_ensemble(config: TrainConfig, out: Path, resume: bool = False,
-                 progress: bool | None = None, data: ImageData | None = None):
-    """Train (or continue) every member of the ensemble ``config`` in ``out``; the ensemble Run."""
-    from .train import CONFIG, METRICS, TrainingInterrupted, fit, prepare
-
-    main = setup(config.validate().device).is_main
+def fit_members(config: TrainConfig, out: Path, progress: bool | None,
+                data: ImageData | None, fit: Callable[..., Run]) -> Run:
+    """Train (or continue) every member of the validated ensemble ``config`` in ``out``, each
+    as an ordinary run by ``fit`` (:func:`~.train.fit`); the ensemble Run."""
+    main = setup(config.device).is_main
     if data is None:
         data = load_data(config.data, config.train_subset, config.data_root, config.download)
     created = not (out / CONFIG).exists()
@@ -62,7 +64,7 @@ def fit_ensemble(config: TrainConfig, out: Path, resume: bool = False,
             if not any(out.iterdir()):
                 out.rmdir()
         raise
-    ensemble = prepare(config, data)
+    ensemble = build_run(config, data)
     ensemble.guide.load_members([dict(run.model.net.named_parameters()) for run in runs])
     if main:  # rank 0 wrote the members' metrics
         history = combined_history(out, config.members)
@@ -75,8 +77,6 @@ def fit_ensemble(config: TrainConfig, out: Path, resume: bool = False,
 
 def combined_history(out: Path, members: int) -> list[dict]:
     """Per epoch: the members' mean loss and training error and the sum of their epoch times."""
-    from .train import METRICS
-
     histories = [json.loads((out / MEMBERS / str(m) / METRICS).read_text())["history"]
                  for m in range(members)]
     return [{"epoch": epochs[0]["epoch"], "lr": epochs[0]["lr"],

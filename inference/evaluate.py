@@ -9,7 +9,6 @@ single draws (as the paper; every form is the single network at N = 1), whose er
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -24,10 +23,11 @@ from pyro_implicit.forms import assemble, check_form, draws_needed
 from pyro_implicit.model import batchnorm_layers
 from pyro_implicit.posterior import sample_logits
 
-from .data import ImageData, load_data
+from .data import load_data
 from .distributed import SINGLE, Dist, setup
 from .folders import is_lazy, uint8_batches
-from .train import Run, load_run
+from .images import ImageData
+from .runs import Run, load_run, read_config
 
 X1_DRAWS = 5
 # BN recalibration batches per sample unless told (None: one full pass, the paper's choice):
@@ -74,7 +74,7 @@ def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int
     latent) is recalibrated and evaluated once and repeated. Under torchrun the recalibration
     passes and the test batches are shared among the ranks.
     """
-    unique = 1 if math.prod(run.guide.latent_shape) == 0 else num_draws  # nothing latent
+    unique = 1 if run.guide.is_point else num_draws  # nothing latent: one evaluation
     posterior = freeze_posterior(run.model, run.guide, unique, run.train_inputs, bn_batches,
                                  progress=progress, distributed=dist.active)
     probs = torch.zeros(unique, len(test_x), run.data.num_classes, dtype=torch.float64)
@@ -151,14 +151,9 @@ def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: st
                  form: str = "branching", device: str | None = None) -> dict:
     """Load the run folder ``path`` and evaluate it (on ``data``'s test split when given, on
     ``device`` when given, else on the run's own device)."""
-    from .config import TrainConfig
-    from .train import CONFIG
-
-    if not (Path(path) / CONFIG).is_file():
-        raise FileNotFoundError(f"{path} is not a run folder (no {CONFIG})")
-    # distributed setup before any model hits a GPU
-    dist = setup(TrainConfig.load(Path(path) / CONFIG, device).device)
-    run = load_run(path, device=device)
+    config = read_config(path, device)
+    dist = setup(config.device)  # before any model hits a GPU
+    run = load_run(path, config=config)
     test = None
     if data is not None:
         test = load_data(data, None, run.config.data_root, run.config.download)

@@ -3,7 +3,7 @@
 
 Real ImageNet (1.28M JPEGs) cannot be decoded into memory like the other datasets, so its
 splits are :class:`ImageFiles`: lists of paths that act as the uint8 image arrays of
-:class:`~.data.ImageData` (``len``, indexing with an index tensor gives a subset), decoded per
+:class:`~.images.ImageData` (``len``, indexing with an index tensor gives a subset), decoded per
 batch by a :class:`~torch.utils.data.DataLoader` with worker processes (and pinned memory for
 a GPU). The pipeline is the standard one, with torchvision v2 functional transforms:
 
@@ -19,7 +19,6 @@ over 1.28M images would take an epoch of decoding).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import (
-    IMAGE_SUFFIXES,
+from .images import (
     IMAGENET_CROP,
     ImageData,
-    _decode,
-    _first_per_class,
+    decode,
+    first_per_class,
+    list_split,
     random_resized_boxes,
 )
 
@@ -62,7 +61,7 @@ class ImageFiles:
 
 @dataclass
 class FolderData(ImageData):
-    """:class:`~.data.ImageData` whose images are :class:`ImageFiles` (``augment`` imagenet)."""
+    """:class:`~.images.ImageData` whose images are :class:`ImageFiles` (``augment`` imagenet)."""
 
     @property
     def in_channels(self) -> int:
@@ -75,23 +74,6 @@ class FolderData(ImageData):
 def is_lazy(x) -> bool:
     """Whether ``x`` is a lazy image array (decoded by a DataLoader) rather than a tensor."""
     return isinstance(x, ImageFiles)
-
-
-def _list_split(root: Path, split: str, classes: list[str] | None) -> dict[str, list[Path]]:
-    folder = root / split
-    found = sorted(e.name for e in os.scandir(folder) if e.is_dir())
-    if not found:
-        raise FileNotFoundError(f"{folder} has no class folders")
-    if classes is not None and found != classes:
-        raise ValueError(f"{folder} has classes {found[:5]}... ({len(found)}), but train/ has "
-                         f"{classes[:5]}... ({len(classes)})")
-    files = {}
-    for c in found:
-        files[c] = sorted(Path(e.path) for e in os.scandir(folder / c)
-                          if Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
-        if not files[c]:
-            raise FileNotFoundError(f"class folder {folder / c} has no images")
-    return files
 
 
 def load_imagenet(root: Path, train_subset: int | None = None) -> FolderData:
@@ -108,11 +90,11 @@ def load_imagenet(root: Path, train_subset: int | None = None) -> FolderData:
                 f"ImageNet folder {root} has no {split}/ folder: expected {root}/train/<class>/* "
                 f"and {root}/val/<class>/* (torchvision's ImageFolder layout; sort the "
                 "validation images into class folders first)")
-    train = _list_split(root, "train", None)
+    train = list_split(root, "train", None)
     classes = list(train)
-    val = _list_split(root, "val", classes)
+    val = list_split(root, "val", classes)
     if train_subset is not None:
-        train = _first_per_class(train, train_subset, root)
+        train = first_per_class(train, train_subset, root)
 
     def flat(files: dict[str, list[Path]]) -> tuple[ImageFiles, torch.Tensor]:
         labels = [i for i, c in enumerate(files) for _ in files[c]]
@@ -134,7 +116,7 @@ class _EvalImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return _decode(self.paths[i], IMAGENET_CROP)
+        return decode(self.paths[i], IMAGENET_CROP)
 
 
 def item_seed(seed: int, epoch: int, position: int) -> int:

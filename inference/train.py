@@ -16,7 +16,6 @@ import json
 import math
 import random
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,66 +29,31 @@ from pyro.nn import PyroModule
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pyro_implicit import BayesianNetwork, ImplicitGuide
+from pyro_implicit import ImplicitGuide
 from pyro_implicit.hypernet import HyperNetworks, release_grads
 from pyro_implicit.objective import unique_parameters
 
-from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temp_files, save_checkpoint
+from .checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
 from .config import TrainConfig
-from .data import ImageData, Normalizer, load_data, to_device
-from .distributed import Dist, convert_sync_batchnorm, setup
-from .folders import is_lazy, train_batches, uint8_batches
-from .methods import METHODS, build, z_spread
+from .data import to_device
+from .distributed import Dist, setup
+from .ensemble import fit_members
+from .folders import is_lazy, train_batches
+from .images import ImageData
+from .methods import METHODS, z_spread
+from .runs import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    Run,
+    TrainingInterrupted,
+    build_run,
+    is_run,
+    load_states,
+    read_config,
+)
 
-CONFIG, METRICS = "config.json", "metrics.json"
 SYNC_EVERY = 50  # steps between reads of the loss sums (the only host-device syncs of a step)
-
-
-class TrainingInterrupted(Exception):
-    """SIGTERM or SIGINT stopped training; a checkpoint of the exact position was written."""
-
-
-@dataclass
-class Run:
-    """A built run: configuration, data, the Pyro model and guide, and the input pipeline."""
-
-    config: TrainConfig
-    data: ImageData
-    model: BayesianNetwork
-    guide: PyroModule
-    normalizer: Normalizer
-
-    def train_inputs(self, batch_size: int | None = None):
-        """Training images normalised, augmentation off (for BN recalibration), in one fixed
-        shuffled order: image folders list their items class by class, so the first K
-        batches of a partial pass (``--bn-batches K``) must be a random sample, not K/C
-        classes."""
-        size, n = batch_size or self.config.batch_size, len(self.data.train_y)
-        cuda = torch.device(self.config.device).type == "cuda"
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed))
-        for x in uint8_batches(self.data.train_x, range(0, n, size), size, self.config.workers,
-                               pin=cuda, order=order):
-            yield self.normalizer(x)
-
-
-def prepare(config: TrainConfig, data: ImageData | None = None) -> Run:
-    """Load data and build a freshly initialised model and guide from ``config``."""
-    config.validate()
-    if data is None:
-        data = load_data(config.data, config.train_subset, config.data_root, config.download)
-    pyro.set_rng_seed(config.seed)
-    model, guide = build(config, data.num_classes, data.in_channels, len(data.train_y))
-    if config.sync_bn:
-        convert_sync_batchnorm(model.net)
-    model.to(config.device)
-    guide.to(config.device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if torch.device(config.device).type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    mean, std = data.channel_stats()
-    normalizer = Normalizer(mean, std, data.pad, data.flip, config.device, augment=data.augment)
-    return Run(config, data, model, guide, normalizer)
 
 
 def make_optimizer(config: TrainConfig, model: PyroModule, guide: PyroModule,
@@ -211,146 +175,192 @@ def _wrap(module: torch.nn.Module, config: TrainConfig, dist: Dist) -> torch.nn.
 
 def fit(config: TrainConfig | None, out: Path, resume: bool = False,
         progress: bool | None = None, data: ImageData | None = None) -> Run:
-    """Train ``config`` into the run folder ``out`` (or continue the run there when ``resume``)."""
+    """Train ``config`` into the run folder ``out`` (or continue the run there when ``resume``;
+    ``config`` is then None: the saved one is used)."""
     out = Path(out)
     if resume:
-        if not (out / CONFIG).is_file():
+        if not is_run(out):
             raise FileNotFoundError(f"--resume {out}: not a run folder (no {CONFIG})")
-        config = TrainConfig.load(out / CONFIG)
+        config = read_config(out)
     elif (out / CONFIG).exists():
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, "
                               "or choose another --out")
-    own_fit = METHODS[config.validate().method].fit
-    if own_fit is not None:  # e.g. an ensemble: one ordinary run per member
-        return own_fit(config, out, resume, progress, data)
-    dist = setup(config.validate().device)
-    run = prepare(config, data)
+    else:
+        config.validate()
+    if METHODS[config.method].trains_members:  # an ensemble: one ordinary run per member
+        return fit_members(config, out, progress, data, fit)
+    dist = setup(config.device)
+    run = build_run(config, data)
     optimizer = make_optimizer(run.config, run.model, run.guide, fuse=not dist.active)
     state = load_checkpoint(out / CHECKPOINT) if resume else None
     if state is not None:
         if dist.is_main:
             remove_stale_temp_files(out / CHECKPOINT)
-        _load_states(out, state, run, optimizer)
+        load_states(out, state, run, optimizer)
     if dist.active and config.per_rank_z:
         torch.manual_seed(config.seed * 100_003 + dist.rank)  # own z (and dropout) per rank
     # Pyro's argument checks read tensors back (a host-device sync per distribution) and would
     # trip over a NaN before the loop reports it: off while training
     with _stop_requests() as stop, pyro.validation_enabled(False):
-        _loop(run, optimizer, state, dist, stop, out,
-              show=dist.is_main and (progress is None or progress))
+        _Loop(run, optimizer, dist, out).train(
+            state, stop, show=dist.is_main and (progress is None or progress))
     return run
 
 
-def _loop(run: Run, optimizer, state: dict | None, dist: Dist, stop: dict, out: Path,
-          show: bool) -> None:
-    config = run.config
-    model, guide = _wrap(run.model, config, dist), _wrap(run.guide, config, dist)
-    data_gen = torch.Generator().manual_seed(config.seed)
-    lazy, cuda = is_lazy(run.data.train_x), torch.device(config.device).type == "cuda"
-    x_all = run.data.train_x if lazy else _resident(run.data.train_x, config.device)
-    y_all = run.data.train_y.to(config.device)
-    steps = -(-len(y_all) // config.batch_size)
-    last = len(y_all) - (steps - 1) * config.batch_size
-    if dist.active and min(config.batch_size, last) < dist.world:
-        raise ValueError(f"--batch-size {config.batch_size} with {len(y_all)} training items "
-                         f"leaves a batch of {min(config.batch_size, last)} for {dist.world} "
-                         "processes: every rank needs at least one item per step")
-    history: list[dict] = []
-    epoch, step, order, partial = 0, 0, None, [0.0, 0.0, 0.0, 0.0]
-    if state is not None:
-        history, epoch, step = list(state["history"]), int(state["epoch"]), int(state["step"])
-        if step:
-            order, partial = state["order"], list(state["partial"])
-        data_gen.set_state(state["rng"]["data"])
+@dataclass
+class _Tally:
+    """An epoch's running sums so far: loss times items, items right, items seen, seconds
+    (checkpointed as a list of the four, to resume mid-epoch)."""
+
+    loss: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+    def as_list(self) -> list:
+        return [self.loss, self.correct, self.seen, self.seconds]
+
+
+class _Loop:
+    """The training loop of one run: the epochs from a (restored) position, each its batches
+    in a seeded order, with a checkpoint after every epoch and on a stop request."""
+
+    def __init__(self, run: Run, optimizer: torch.optim.Optimizer, dist: Dist, out: Path):
+        config = self.config = run.config
+        self.run, self.optimizer, self.dist, self.out = run, optimizer, dist, out
+        self.model, self.guide = _wrap(run.model, config, dist), _wrap(run.guide, config, dist)
+        self.data_gen = torch.Generator().manual_seed(config.seed)
+        self.lazy = is_lazy(run.data.train_x)
+        self.x_all = run.data.train_x if self.lazy else _resident(run.data.train_x, config.device)
+        self.y_all = run.data.train_y.to(config.device)
+        n, size = len(self.y_all), config.batch_size
+        self.steps = -(-n // size)
+        last = n - (self.steps - 1) * size
+        if dist.active and min(size, last) < dist.world:
+            raise ValueError(f"--batch-size {size} with {n} training items leaves a batch of "
+                             f"{min(size, last)} for {dist.world} processes: every rank needs "
+                             "at least one item per step")
+        self.history: list[dict] = []
+
+    def restore(self, state: dict | None) -> tuple[int, int, torch.Tensor | None, _Tally]:
+        """The position (epoch, step, data order, tally) of ``state``, its RNG states set."""
+        if state is None:
+            return 0, 0, None, _Tally()
+        self.history = list(state["history"])
+        epoch, step = int(state["epoch"]), int(state["step"])
+        order, tally = (state["order"], _Tally(*state["partial"])) if step else (None, _Tally())
+        self.data_gen.set_state(state["rng"]["data"])
         states = state["rng"]["torch"]  # one per rank of the run that wrote it
-        torch.set_rng_state(states[dist.rank % len(states)])
+        torch.set_rng_state(states[self.dist.rank % len(states)])
         if state["rng"].get("cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         _set_host_rng_states(state["rng"])
+        return epoch, step, order, tally
 
-    def checkpoint(epoch: int, step: int, order, partial) -> None:
-        rng = {"torch": _rng_states(dist), "data": data_gen.get_state(),
+    def checkpoint(self, epoch: int, step: int, order: torch.Tensor | None,
+                   tally: _Tally) -> None:
+        """Write the exact position (rank 0), and config.json after the first checkpoint."""
+        rng = {"torch": _rng_states(self.dist), "data": self.data_gen.get_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                **_host_rng_states()}
-        if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            save_checkpoint({
-                "format": config.format, "epoch": epoch, "step": step, "history": history,
-                "order": order if order is not None else torch.empty(0, dtype=torch.long),
-                "partial": partial, "model": run.model.state_dict(),
-                "guide": run.guide.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": rng}, out / CHECKPOINT)
-            if not (out / CONFIG).exists():  # the run exists once config.json follows it
-                config.save(out / CONFIG)
+        if not self.dist.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({
+            "format": self.config.format, "epoch": epoch, "step": step,
+            "history": self.history,
+            "order": order if order is not None else torch.empty(0, dtype=torch.long),
+            "partial": tally.as_list(), "model": self.run.model.state_dict(),
+            "guide": self.run.guide.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": rng}, self.out / CHECKPOINT)
+        if not (self.out / CONFIG).exists():  # the run exists once config.json follows it
+            self.config.save(self.out / CONFIG)
 
-    while epoch < config.epochs:
-        lr = config.lr_at(epoch)
-        loss_fn = make_loss(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        run.model.train()
-        run.guide.train()
-        if order is None:
-            order = torch.randperm(len(y_all), generator=data_gen)
+    def batches(self, epoch: int, first: int, order: torch.Tensor) -> Iterator[tuple]:
+        """(step, x, y, global batch size) for the steps from ``first`` of an epoch in
+        ``order``: this rank's shard, augmented (in step order, from the data generator)."""
+        config, dist, size = self.config, self.dist, self.config.batch_size
         order_dev = to_device(order, config.device)  # the only copies: once per epoch
-        order_x = order if lazy or x_all.device.type == "cpu" else order_dev
-        if lazy:  # decoded and augmented by DataLoader workers, this rank's shard only
-            positions = [dist.shard(torch.arange(s * config.batch_size,
-                                                 min((s + 1) * config.batch_size, len(order))))
-                         for s in range(step, steps)]
-            images = train_batches(x_all, [order[p] for p in positions], positions, config.seed,
-                                   epoch, config.workers, pin=cuda)
-        pending: list = []  # (step, loss, correct, size) of steps not yet read back
-        t0 = time.perf_counter() - partial[3]
-        bar = tqdm(range(step, steps), initial=step, total=steps, leave=False,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show or None,
-                   dynamic_ncols=True)
-        for step in bar:
-            lo, hi = step * config.batch_size, (step + 1) * config.batch_size
-            index, size = order_dev[lo:hi], len(order[lo:hi])
-            if lazy:
-                x = run.normalizer(next(images))
+        order_x = order if self.lazy or self.x_all.device.type == "cpu" else order_dev
+        if self.lazy:  # decoded and augmented by DataLoader workers, this rank's shard only
+            positions = [dist.shard(torch.arange(s * size, min((s + 1) * size, len(order))))
+                         for s in range(first, self.steps)]
+            images = train_batches(self.x_all, [order[p] for p in positions], positions,
+                                   config.seed, epoch, config.workers,
+                                   pin=torch.device(config.device).type == "cuda")
+        for step in range(first, self.steps):
+            lo, hi = step * size, (step + 1) * size
+            index, total = order_dev[lo:hi], len(order[lo:hi])
+            if self.lazy:
+                x = self.run.normalizer(next(images))
             else:
-                x = run.normalizer(x_all[order_x[lo:hi]], data_gen)  # whole global batch
-            y = y_all[index]
+                x = self.run.normalizer(self.x_all[order_x[lo:hi]], self.data_gen)
+            y = self.y_all[index]
             if dist.active:  # this rank's shard
-                local = to_device(dist.shard(torch.arange(size)), config.device)
-                x, y = (x, y[local]) if lazy else (x[local], y[local])
+                local = to_device(dist.shard(torch.arange(total)), config.device)
+                x, y = (x, y[local]) if self.lazy else (x[local], y[local])
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if isinstance(run.guide, ImplicitGuide):
-                run.guide.spread = z_spread(config, epoch, step, steps)
-            loss, correct = train_step(model, guide, loss_fn, optimizer, x, y,
-                                       likelihood_weight=len(y) * dist.world / size,
-                                       precision=config.precision)
-            pending.append((step, loss, correct, len(y)))
-            stopping = dist.any(stop["signal"] is not None)[0]
-            if stopping or len(pending) >= SYNC_EVERY or step == steps - 1:
-                _flush(pending, partial, dist, epoch, steps, out)
-                bar.set_postfix(loss=f"{partial[0] / partial[2]:.3f}",
-                                acc=f"{partial[1] / partial[2]:.3f}")
-            if stopping:
-                partial[3] = time.perf_counter() - t0
-                checkpoint(epoch, step + 1, order, partial)
-                raise TrainingInterrupted(
-                    f"stopped in epoch {epoch + 1} after step {step + 1}; checkpoint written: "
-                    f"continue with `pyro-implicit train --resume {out}`")
-        bar.close()
-        totals = torch.tensor(partial[:3], dtype=torch.float64)
-        if dist.active:
+            yield step, x, y, total
+
+    def train(self, state: dict | None, stop: dict, show: bool) -> None:
+        """Train from ``state``'s position (or the start) to the last epoch."""
+        config, dist = self.config, self.dist
+        epoch, first, order, tally = self.restore(state)
+        while epoch < config.epochs:
+            lr = config.lr_at(epoch)
+            loss_fn = make_loss(config, epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            self.run.model.train()
+            self.run.guide.train()
+            if order is None:
+                order = torch.randperm(len(self.y_all), generator=self.data_gen)
+            pending: list = []  # (step, loss, correct, size) of steps not yet read back
+            t0 = time.perf_counter() - tally.seconds
+            bar = tqdm(total=self.steps, initial=first, leave=False,
+                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show or None,
+                       dynamic_ncols=True)
+            for step, x, y, total in self.batches(epoch, first, order):
+                if isinstance(self.run.guide, ImplicitGuide):
+                    self.run.guide.spread = z_spread(config, epoch, step, self.steps)
+                loss, correct = train_step(self.model, self.guide, loss_fn, self.optimizer, x,
+                                           y, likelihood_weight=len(y) * dist.world / total,
+                                           precision=config.precision)
+                pending.append((step, loss, correct, len(y)))
+                bar.update()
+                stopping = dist.any(stop["signal"] is not None)[0]
+                if stopping or len(pending) >= SYNC_EVERY or step == self.steps - 1:
+                    _flush(pending, tally, dist, epoch, self.steps, self.out)
+                    bar.set_postfix(loss=f"{tally.loss / tally.seen:.3f}",
+                                    acc=f"{tally.correct / tally.seen:.3f}")
+                if stopping:
+                    tally.seconds = time.perf_counter() - t0
+                    self.checkpoint(epoch, step + 1, order, tally)
+                    raise TrainingInterrupted(
+                        f"stopped in epoch {epoch + 1} after step {step + 1}; checkpoint "
+                        f"written: continue with `pyro-implicit train --resume {self.out}`")
+            bar.close()
+            self.end_epoch(epoch, lr, tally, time.perf_counter() - t0, show)
+            epoch, first, order, tally = epoch + 1, 0, None, _Tally()
+            self.checkpoint(epoch, 0, None, tally)
+            if dist.is_main:
+                (self.out / METRICS).write_text(
+                    json.dumps({"history": self.history}, indent=2) + "\n")
+
+    def end_epoch(self, epoch: int, lr: float, tally: _Tally, seconds: float,
+                  show: bool) -> None:
+        """Add the epoch's record (summed over ranks) to the history, and print it."""
+        totals = torch.tensor([tally.loss, tally.correct, tally.seen], dtype=torch.float64)
+        if self.dist.active:
             torch.distributed.all_reduce(totals)
         record = {"epoch": epoch + 1, "lr": lr, "loss": (totals[0] / totals[2]).item(),
-                  "train_error": 1 - (totals[1] / totals[2]).item(),
-                  "seconds": time.perf_counter() - t0}
-        history.append(record)
-        epoch, step, order, partial = epoch + 1, 0, None, [0.0, 0.0, 0.0, 0.0]
-        checkpoint(epoch, 0, None, partial)
-        if dist.is_main:
-            (out / METRICS).write_text(json.dumps({"history": history}, indent=2) + "\n")
-            if show:
-                tqdm.write(f"epoch {record['epoch']}/{config.epochs}: loss {record['loss']:.4f} "
-                           f"train error {record['train_error']:.4f} lr {lr:g} "
-                           f"({record['seconds']:.1f}s)")
+                  "train_error": 1 - (totals[1] / totals[2]).item(), "seconds": seconds}
+        self.history.append(record)
+        if show:
+            tqdm.write(f"epoch {record['epoch']}/{self.config.epochs}: loss "
+                       f"{record['loss']:.4f} train error {record['train_error']:.4f} lr {lr:g} "
+                       f"({record['seconds']:.1f}s)")
 
 
 def _resident(x: torch.Tensor, device: str) -> torch.Tensor:
@@ -362,7 +372,7 @@ def _resident(x: torch.Tensor, device: str) -> torch.Tensor:
     return x.to(device) if x.element_size() * x.nelement() <= free // 4 else x
 
 
-def _flush(pending: list, partial: list, dist: Dist, epoch: int, steps: int, out: Path) -> None:
+def _flush(pending: list, tally: _Tally, dist: Dist, epoch: int, steps: int, out: Path) -> None:
     """Read back the losses and correct counts of the ``pending`` steps (one host-device
     sync for all of them); raise at the first non-finite loss of any rank, else add them to the
     epoch's running sums ``partial`` in step order (as if read one step at a time)."""
@@ -379,39 +389,7 @@ def _flush(pending: list, partial: list, dist: Dist, epoch: int, steps: int, out
             f"non-finite loss in epoch {epoch + 1}, step {bad + 1} (global step "
             f"{epoch * steps + bad + 1}); the last good checkpoint is kept in {out}")
     for (_, _, _, size), value, correct in zip(pending, losses, corrects, strict=True):
-        partial[0] += value * size
-        partial[1] += int(correct)
-        partial[2] += size
+        tally.loss += value * size
+        tally.correct += int(correct)
+        tally.seen += size
     pending.clear()
-
-
-def load_run(out: Path, data: ImageData | None = None, device: str | None = None) -> Run:
-    """Rebuild a trained run from its folder: config, data, model, guide and BN buffers
-    (on ``device`` when given, e.g. a GPU-trained run on a CPU-only machine)."""
-    out = Path(out)
-    if not (out / CONFIG).is_file():
-        raise FileNotFoundError(f"{out} is not a run folder (no {CONFIG})")
-    config = TrainConfig.load(out / CONFIG, device)
-    run = prepare(config, data)
-    _load_states(out, load_checkpoint(out / CHECKPOINT), run)
-    return run
-
-
-def _load_states(out: Path, state: dict, run: Run, optimizer=None) -> None:
-    """Restore model, guide (and optimiser) states; a mismatch is a clear ValueError."""
-    try:
-        run.model.load_state_dict(state["model"])
-        run.guide.load_state_dict(state["guide"])
-        if optimizer is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            for key in ("history", "epoch", "step", "rng"):
-                state[key]  # noqa: B018 - presence check
-    except (RuntimeError, KeyError, ValueError) as err:
-        raise ValueError(f"{out / CHECKPOINT} does not match the run's configuration: "
-                         f"{str(err).splitlines()[0]}") from err
-
-
-if __name__ == "__main__":  # torchrun --nproc_per_node=K -m pyro_implicit.inference.train ...
-    from .cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

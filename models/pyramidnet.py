@@ -9,14 +9,14 @@ is the paper's "1.7M" model: 1,772,706 parameters, exactly as the authors' code 
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import default_weight_zero_bias, init_weights, stage_kernels
-from .registry import register_family, register_model
+from .layers import default_weight_zero_bias
+from .registry import register_configs
+from .staged import StagedNetwork, check_no_dropout
 
 
 def model_name(depth: int, alpha: int) -> str:
@@ -31,6 +31,21 @@ def check_config(depth: int, alpha: int) -> None:
                          "6n+2 (8, 14, 20, ..., 110, ...)")
     if alpha < 0:
         raise ValueError(f"invalid model {model_name(depth, alpha)!r}: alpha must be >= 0")
+
+
+def block_widths(depth: int, alpha: int) -> list[list[int]]:
+    """Output channels of every block, stage by stage: a running sum from 16 in steps of
+    alpha / (number of blocks), rounded half up, as the reference code."""
+    n = (depth - 2) // 6
+    step, width = alpha / (3 * n), 16.0
+    widths = []
+    for _ in range(3):
+        stage = []
+        for _ in range(n):
+            width += step
+            stage.append(math.floor(width + 0.5))
+        widths.append(stage)
+    return widths
 
 
 class BasicBlock(nn.Module):
@@ -57,9 +72,13 @@ class BasicBlock(nn.Module):
         return o + identity
 
 
-class PyramidNet(nn.Module):
+class PyramidNet(StagedNetwork):
     """PyramidNet-depth-alpha: conv3x3 stem (16) + BN, three stages of (depth-2)/6 blocks,
-    BN-ReLU, pool, FC."""
+    BN-ReLU, pool, FC; initialised as the reference (He-normal fan_out convs, unit BN scales,
+    zero biases)."""
+
+    init_linear = staticmethod(default_weight_zero_bias)
+    preactivation = True
 
     def __init__(
         self,
@@ -71,61 +90,19 @@ class PyramidNet(nn.Module):
     ):
         super().__init__()
         check_config(depth, alpha)
-        if drop_rate > 0:
-            raise ValueError(f"{model_name(depth, alpha)} has no dropout: drop_rate must be 0, "
-                             f"got {drop_rate}")
-        n = (depth - 2) // 6
+        check_no_dropout(model_name(depth, alpha), drop_rate)
         self.depth, self.alpha = depth, alpha
         self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         self.stem_bn = nn.BatchNorm2d(16)
-        step, width, in_planes = alpha / (3 * n), 16.0, 16
-        self._stage_names = []
-        for i, stride in enumerate((1, 2, 2)):
-            blocks = []
-            for j in range(n):
-                width += step
-                planes = math.floor(width + 0.5)  # round half up, as the reference code
-                blocks.append(BasicBlock(in_planes, planes, stride if j == 0 else 1))
-                in_planes = planes
-            self.add_module(f"stage{i + 1}", nn.Sequential(*blocks))
-            self._stage_names.append(f"stage{i + 1}")
-        self.bn = nn.BatchNorm2d(in_planes)
-        self.fc = nn.Linear(in_planes, num_classes)
-        self.reset_parameters()
+        self.build_body(16, block_widths(depth, alpha), (1, 2, 2), num_classes)
 
-    def reset_parameters(self) -> None:
-        """He-normal (fan_out) convs, unit BN scales, zero biases (the reference initialisation)."""
-        init_weights(self, default_weight_zero_bias)
+    def make_block(self, stage: int, in_planes: int, out_planes: int, stride: int) -> BasicBlock:
+        """A basic block with an identity (pooled, zero-padded) shortcut."""
+        return BasicBlock(in_planes, out_planes, stride)
 
-    def residual_blocks(self) -> dict[str, list[str]]:
-        """Residual block name -> names of the conv kernels inside it, in forward order."""
-        return stage_kernels(self, self._stage_names)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem_bn(self.stem(x))
-        for stage_name in self._stage_names:
-            x = getattr(self, stage_name)(x)
-        x = F.relu(self.bn(x))
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(x)
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem_bn(self.stem(x))
 
 
-def _pyramidnet(depth: int, alpha: int):
-    def build(num_classes: int = 10, in_channels: int = 3, drop_rate: float = 0.0) -> PyramidNet:
-        return PyramidNet(depth, alpha, num_classes, in_channels, drop_rate)
-
-    build.__doc__ = f"PyramidNet-{depth} (alpha = {alpha})."
-    return build
-
-
-for _depth, _alpha in ((110, 48), (110, 84), (110, 270)):
-    register_model(model_name(_depth, _alpha), _pyramidnet(_depth, _alpha))
-
-
-def _resolve_pyramidnet(match: re.Match[str]):
-    depth, alpha = int(match.group(1)), int(match.group(2))
-    check_config(depth, alpha)
-    return _pyramidnet(depth, alpha)
-
-
-register_family(r"pyramidnet-(\d+)-(\d+)", "pyramidnet-D-A with D = 6n+2", _resolve_pyramidnet)
+register_configs(PyramidNet, r"pyramidnet-(\d+)-(\d+)", "pyramidnet-D-A with D = 6n+2",
+                 model_name, check_config, named=((110, 48), (110, 84), (110, 270)))

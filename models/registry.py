@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 
 from torch import nn
 
@@ -26,6 +27,29 @@ def register_family(
     """Register a parametric family (a regex such as ``wrn-(\\d+)-(\\d+)``); ``resolve`` builds
     its constructor from the match and may raise a ValueError naming the bad value."""
     _FAMILIES.append((re.compile(pattern), template, resolve))
+
+
+def register_configs(
+    build: ModelFn,
+    pattern: str,
+    template: str,
+    name: Callable[..., str],
+    check: Callable[..., None],
+    named: Iterable[tuple[int, ...]] = (),
+) -> None:
+    """Register a family whose configs are integer tuples: each of ``named`` under ``name(*config)``
+    and any other through ``pattern``, whose groups are the config, checked by ``check`` (which
+    raises a ValueError naming the bad value). ``build(*config, num_classes=..., ...)`` is the
+    network's constructor."""
+    for config in named:
+        register_model(name(*config), partial(build, *config))
+
+    def resolve(match: re.Match[str]) -> ModelFn:
+        config = tuple(int(group) for group in match.groups())
+        check(*config)
+        return partial(build, *config)
+
+    register_family(pattern, template, resolve)
 
 
 def list_models() -> list[str]:

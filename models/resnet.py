@@ -7,14 +7,13 @@ every width by W / 64 (stem included) for small CPU configs such as ``resnet-14-
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import Bottleneck, init_weights, stage_kernels
-from .registry import register_family, register_model
+from .layers import Bottleneck
+from .registry import register_configs
+from .staged import StagedNetwork, check_no_dropout
 
 # bottleneck blocks per stage for each supported depth (3 convs per block + stem + fc)
 LAYOUTS: dict[int, tuple[int, int, int, int]] = {
@@ -45,8 +44,11 @@ def check_config(depth: int, width: int) -> None:
         raise ValueError(f"invalid model {model_name(depth, width)!r}: width must be >= 1")
 
 
-class ResNet(nn.Module):
-    """ResNet-depth: 7x7/2 stem + BN-ReLU + 3x3/2 max-pool, four bottleneck stages, pool, FC."""
+class ResNet(StagedNetwork):
+    """ResNet-depth: 7x7/2 stem + BN-ReLU + 3x3/2 max-pool, four bottleneck stages, pool, FC.
+
+    Initialised as torchvision: He-normal (fan_out) convs, unit BN scales (no zero-init of the
+    last BN), default FC."""
 
     def __init__(
         self,
@@ -58,62 +60,26 @@ class ResNet(nn.Module):
     ):
         super().__init__()
         check_config(depth, width)
-        if drop_rate > 0:
-            raise ValueError(f"{model_name(depth, width)} has no dropout: drop_rate must be 0, "
-                             f"got {drop_rate}")
+        check_no_dropout(model_name(depth, width), drop_rate)
         self.depth, self.width = depth, width
         self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        in_planes = width
-        self._stage_names = []
-        for i, (n, stride) in enumerate(zip(LAYOUTS[depth], (1, 2, 2, 2), strict=True)):
-            planes = width * 2**i
-            # the projection is ``downsample``, torchvision's name, so its weights load
-            blocks = [Bottleneck(in_planes if j == 0 else planes * EXPANSION, planes,
-                                 planes * EXPANSION, stride if j == 0 else 1,
-                                 shortcut_name="downsample") for j in range(n)]
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            self._stage_names.append(f"layer{i + 1}")
-            in_planes = planes * EXPANSION
-        self.fc = nn.Linear(in_planes, num_classes)
-        self.reset_parameters()
+        widths = [[width * 2**i * EXPANSION] * n for i, n in enumerate(LAYOUTS[depth])]
+        self.build_body(width, widths, (1, 2, 2, 2), num_classes, prefix="layer")
 
-    def reset_parameters(self) -> None:
-        """He-normal (fan_out) convs, unit BN scales (no zero-init of the last BN), default FC, as
-        torchvision."""
-        init_weights(self)
+    def make_block(self, stage: int, in_planes: int, out_planes: int, stride: int) -> Bottleneck:
+        """A bottleneck of width out_planes / 4; the projection is ``downsample``, torchvision's
+        name, so its weights load."""
+        return Bottleneck(in_planes, out_planes // EXPANSION, out_planes, stride,
+                          shortcut_name="downsample")
 
-    def residual_blocks(self) -> dict[str, list[str]]:
-        """Residual block name -> names of the conv kernels inside it, in forward order."""
-        return stage_kernels(self, self._stage_names)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        x = F.max_pool2d(x, 3, stride=2, padding=1)
-        for stage_name in self._stage_names:
-            x = getattr(self, stage_name)(x)
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(x)
+        return F.max_pool2d(x, 3, stride=2, padding=1)
 
 
-def _resnet(depth: int, width: int):
-    def build(num_classes: int = 1000, in_channels: int = 3, drop_rate: float = 0.0) -> ResNet:
-        return ResNet(depth, width, num_classes, in_channels, drop_rate)
-
-    build.__doc__ = f"ResNet-{depth} (base width {width})."
-    return build
-
-
-for _depth in NAMED_DEPTHS:
-    register_model(model_name(_depth, 64), _resnet(_depth, 64))
-
-
-def _resolve_resnet(match: re.Match[str]):
-    depth, width = int(match.group(1)), int(match.group(2))
-    check_config(depth, width)
-    return _resnet(depth, width)
-
-
-register_family(r"resnet-(\d+)-w(\d+)",
-                f"resnet-D-wW with D in {', '.join(map(str, LAYOUTS))} and base width W (64 as "
-                "torchvision)", _resolve_resnet)
+register_configs(
+    ResNet, r"resnet-(\d+)-w(\d+)",
+    f"resnet-D-wW with D in {', '.join(map(str, LAYOUTS))} and base width W (64 as torchvision)",
+    model_name, check_config, named=[(depth, 64) for depth in NAMED_DEPTHS],
+)

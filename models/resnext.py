@@ -7,14 +7,13 @@ Every conv of a block, projection shortcuts included, is declared in ``residual_
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import Bottleneck, default_weight_zero_bias, init_weights, stage_kernels
-from .registry import register_family, register_model
+from .layers import Bottleneck, default_weight_zero_bias
+from .registry import register_configs
+from .staged import StagedNetwork, check_no_dropout
 
 
 def model_name(depth: int, cardinality: int, base_width: int) -> str:
@@ -34,8 +33,11 @@ def check_config(depth: int, cardinality: int, base_width: int) -> None:
         raise ValueError(f"invalid model {name!r}: base width W must be >= 1")
 
 
-class ResNeXt(nn.Module):
-    """ResNeXt-D-CxWd: conv3x3 stem (64) + BN-ReLU, three stages of bottlenecks, pool, FC."""
+class ResNeXt(StagedNetwork):
+    """ResNeXt-D-CxWd: conv3x3 stem (64) + BN-ReLU, three stages of bottlenecks, pool, FC;
+    initialised as the reference (He-normal fan_out convs, unit BN scales, zero biases)."""
+
+    init_linear = staticmethod(default_weight_zero_bias)
 
     def __init__(
         self,
@@ -48,58 +50,21 @@ class ResNeXt(nn.Module):
     ):
         super().__init__()
         check_config(depth, cardinality, base_width)
-        if drop_rate > 0:
-            raise ValueError(f"{model_name(depth, cardinality, base_width)} has no dropout: "
-                             f"drop_rate must be 0, got {drop_rate}")
+        check_no_dropout(model_name(depth, cardinality, base_width), drop_rate)
         n = (depth - 2) // 9
         self.depth, self.cardinality, self.base_width = depth, cardinality, base_width
         self.stem = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
         self.stem_bn = nn.BatchNorm2d(64)
-        in_planes = 64
-        self._stage_names = []
-        for i, stride in enumerate((1, 2, 2)):
-            width, out_planes = cardinality * base_width * 2**i, 256 * 2**i
-            blocks = [Bottleneck(in_planes if j == 0 else out_planes, width, out_planes,
-                                 stride if j == 0 else 1, groups=cardinality) for j in range(n)]
-            self.add_module(f"stage{i + 1}", nn.Sequential(*blocks))
-            self._stage_names.append(f"stage{i + 1}")
-            in_planes = out_planes
-        self.fc = nn.Linear(in_planes, num_classes)
-        self.reset_parameters()
+        self.build_body(64, [[256 * 2**i] * n for i in range(3)], (1, 2, 2), num_classes)
 
-    def reset_parameters(self) -> None:
-        """He-normal (fan_out) convs, unit BN scales, zero biases (the reference initialisation)."""
-        init_weights(self, default_weight_zero_bias)
+    def make_block(self, stage: int, in_planes: int, out_planes: int, stride: int) -> Bottleneck:
+        """A bottleneck whose grouped 3x3 conv has C groups of width W * 2^stage."""
+        return Bottleneck(in_planes, self.cardinality * self.base_width * 2**stage, out_planes,
+                          stride, groups=self.cardinality)
 
-    def residual_blocks(self) -> dict[str, list[str]]:
-        """Residual block name -> names of the conv kernels inside it, in forward order."""
-        return stage_kernels(self, self._stage_names)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.stem_bn(self.stem(x)))
-        for stage_name in self._stage_names:
-            x = getattr(self, stage_name)(x)
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(x)
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.stem_bn(self.stem(x)))
 
 
-def _resnext(depth: int, cardinality: int, base_width: int):
-    def build(num_classes: int = 10, in_channels: int = 3, drop_rate: float = 0.0) -> ResNeXt:
-        return ResNeXt(depth, cardinality, base_width, num_classes, in_channels, drop_rate)
-
-    build.__doc__ = f"ResNeXt-{depth} ({cardinality}x{base_width}d)."
-    return build
-
-
-for _depth, _card, _width in ((29, 8, 64), (29, 16, 64)):
-    register_model(model_name(_depth, _card, _width), _resnext(_depth, _card, _width))
-
-
-def _resolve_resnext(match: re.Match[str]):
-    depth, cardinality, base_width = (int(g) for g in match.groups())
-    check_config(depth, cardinality, base_width)
-    return _resnext(depth, cardinality, base_width)
-
-
-register_family(r"resnext-(\d+)-(\d+)x(\d+)d", "resnext-D-CxWd with D = 9n+2",
-                _resolve_resnext)
+register_configs(ResNeXt, r"resnext-(\d+)-(\d+)x(\d+)d", "resnext-D-CxWd with D = 9n+2",
+                 model_name, check_config, named=((29, 8, 64), (29, 16, 64)))

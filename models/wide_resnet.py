@@ -1,31 +1,31 @@
-"""Wide residual networks WRN-d-k (Zagoruyko & Komodakis, 2016), pre-activation basic blocks.
-
-Besides being an ordinary ``nn.Module``, a network declares which conv kernels live inside its
-residual blocks (``residual_blocks``); ``pyro_implicit`` generates exactly those with
-hypernetworks and never needs to know the architecture.
-"""
+"""Wide residual networks WRN-d-k (Zagoruyko & Komodakis, 2016), pre-activation basic blocks."""
 
 from __future__ import annotations
-
-import re
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import init_weights, stage_kernels
-from .registry import register_family, register_model
+from .registry import register_configs
+from .staged import StagedNetwork
+
+NAMED = ((16, 1), (16, 2), (16, 4), (16, 8), (28, 1), (28, 4), (28, 10))
+
+
+def model_name(depth: int, width: int) -> str:
+    """The registry name of a config, for error messages."""
+    return f"wrn-{depth}-{width}"
 
 
 def check_config(depth: int, width: int) -> None:
     """Raise a ValueError naming the bad value unless depth = 6n+4 (n >= 1) and width >= 1."""
     if depth < 10 or (depth - 4) % 6 != 0:
         raise ValueError(
-            f"invalid model 'wrn-{depth}-{width}': WideResNet depth must be 6n+4 "
+            f"invalid model {model_name(depth, width)!r}: WideResNet depth must be 6n+4 "
             "(10, 16, 22, 28, 34, 40, ...)"
         )
     if width < 1:
-        raise ValueError(f"invalid model 'wrn-{depth}-{width}': width must be >= 1")
+        raise ValueError(f"invalid model {model_name(depth, width)!r}: width must be >= 1")
 
 
 class BasicBlock(nn.Module):
@@ -59,8 +59,12 @@ def _init_fc(m: nn.Linear) -> None:
     nn.init.zeros_(m.bias)
 
 
-class WideResNet(nn.Module):
-    """WRN-depth-width: a 3x3 stem conv, three stages of (depth-4)/6 blocks, BN-ReLU, pool, FC."""
+class WideResNet(StagedNetwork):
+    """WRN-depth-width: a 3x3 stem conv, three stages of (depth-4)/6 blocks, BN-ReLU, pool, FC;
+    initialised as the WRN reference (He-normal convs, unit BN scales, zero biases)."""
+
+    init_linear = staticmethod(_init_fc)
+    preactivation = True
 
     def __init__(
         self,
@@ -73,57 +77,18 @@ class WideResNet(nn.Module):
         super().__init__()
         check_config(depth, widen_factor)
         n = (depth - 4) // 6
-        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.depth, self.widen_factor, self.drop_rate = depth, widen_factor, drop_rate
-        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        stages = []
-        in_planes = widths[0]
-        for i, (planes, stride) in enumerate(zip(widths[1:], (1, 2, 2), strict=True)):
-            blocks = [BasicBlock(in_planes if j == 0 else planes, planes, stride if j == 0 else 1,
-                                 drop_rate) for j in range(n)]
-            stages.append((f"stage{i + 1}", nn.Sequential(*blocks)))
-            in_planes = planes
-        for name, stage in stages:
-            self.add_module(name, stage)
-        self.bn = nn.BatchNorm2d(in_planes)
-        self.fc = nn.Linear(in_planes, num_classes)
-        self._stage_names = [name for name, _ in stages]
-        self.reset_parameters()
+        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        widths = [[16 * widen_factor * 2**i] * n for i in range(3)]
+        self.build_body(16, widths, (1, 2, 2), num_classes)
 
-    def reset_parameters(self) -> None:
-        """He-normal convs, unit BN scales, zero biases (the WRN reference initialisation)."""
-        init_weights(self, _init_fc)
+    def make_block(self, stage: int, in_planes: int, out_planes: int, stride: int) -> BasicBlock:
+        """A pre-activation basic block with the network's dropout."""
+        return BasicBlock(in_planes, out_planes, stride, self.drop_rate)
 
-    def residual_blocks(self) -> dict[str, list[str]]:
-        """Residual block name -> names of the conv kernels inside it: conv1, conv2, then the
-        projection if any."""
-        return stage_kernels(self, self._stage_names)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for stage_name in self._stage_names:
-            x = getattr(self, stage_name)(x)
-        x = F.relu(self.bn(x))
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(x)
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
 
 
-def _wrn(depth: int, width: int):
-    def build(num_classes: int = 10, in_channels: int = 3, drop_rate: float = 0.0) -> WideResNet:
-        return WideResNet(depth, width, num_classes, in_channels, drop_rate)
-
-    build.__doc__ = f"WRN-{depth}-{width}."
-    return build
-
-
-for _depth, _width in ((16, 1), (16, 2), (16, 4), (16, 8), (28, 1), (28, 4), (28, 10)):
-    register_model(f"wrn-{_depth}-{_width}", _wrn(_depth, _width))
-
-
-def _resolve_wrn(match: re.Match[str]):
-    depth, width = int(match.group(1)), int(match.group(2))
-    check_config(depth, width)
-    return _wrn(depth, width)
-
-
-register_family(r"wrn-(\d+)-(\d+)", "wrn-D-K with D = 6n+4", _resolve_wrn)
+register_configs(WideResNet, r"wrn-(\d+)-(\d+)", "wrn-D-K with D = 6n+4", model_name, check_config,
+                 named=NAMED)

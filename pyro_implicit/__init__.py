@@ -10,9 +10,9 @@ from .batchnorm import recalibrate_bn
 from .bayes_hypernet import ScaleFlow, WeightNormNetwork
 from .bbb import MeanFieldNormal
 from .dropout import MCDropoutGuide, MCDropoutNetwork
-from .elbo import ELBO
+from .elbo import WeightSpaceELBO
 from .ensemble import EnsembleGuide
-from .guide import ImplicitGuide, PointGuide
+from .guide import ImplicitGuide, PointGuide, PosteriorGuide
 from .hypernet import HyperNetworks
 from .metrics import classification_metrics
 from .model import BayesianNetwork, WeightSite
@@ -26,7 +26,6 @@ __version__ = "0.1.0"
 __all__ = [
     "PRIORS",
     "STRATEGIES",
-    "ELBO",
     "BayesianNetwork",
     "EnsembleGuide",
     "FrozenPosterior",
@@ -37,8 +36,10 @@ __all__ = [
     "MCDropoutNetwork",
     "MeanFieldNormal",
     "PointGuide",
+    "PosteriorGuide",
     "ScaleFlow",
     "WeightNormNetwork",
+    "WeightSpaceELBO",
     "WeightSite",
     "classification_metrics",
     "eval_mode",

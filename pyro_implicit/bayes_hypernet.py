@@ -12,8 +12,8 @@ and a learnable elementwise affine map gives g (Krueger et al. put the elementwi
 last, it keeps g in the layout of the scales whatever the swaps). The couplings start at the
 identity and the affine map at g0 = ||v|| (the norms of the initial kernels) with std
 ``init_scale``, so q(g) starts as N(g0, init_scale^2) around the point network's
-initialisation. Train with :class:`~pyro_implicit.elbo.ELBO` (its KL is the single-sample
-log q(g) - log p(g)). A posterior sample is kept as its noise eps (latent shape (D,)).
+initialisation. Train with :class:`~pyro_implicit.elbo.WeightSpaceELBO` (its KL is the
+single-sample log q(g) - log p(g)). A posterior sample is kept as its noise eps (latent shape (D,)).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .bbb import inverse_softplus
+from .guide import GuideContract
 from .model import BayesianNetwork, WeightSite
 
 SCALES = "scales"
@@ -83,7 +84,7 @@ class WeightNormNetwork(BayesianNetwork):
         return tensors
 
 
-class ScaleFlow(PyroModule):
+class ScaleFlow(GuideContract, PyroModule):
     """q(g): N(0, I) noise through ``layers`` affine couplings (hidden width ``hidden``) and an
     elementwise affine map, sampled at the model's ``scales`` site."""
 

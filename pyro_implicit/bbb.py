@@ -2,10 +2,11 @@
 
 :class:`MeanFieldNormal` is Pyro's ``AutoNormal`` for a :class:`BayesianNetwork`, with two
 differences that matter for CNNs: it samples a ``Normal`` at each weight site itself (not a Delta
-behind an auxiliary Normal), so :class:`~pyro_implicit.elbo.ELBO` gets the KL against the model's
-Gaussian prior analytically and its local reparameterisation can see the Normal; and it is built
-eagerly from the model's sites, its means initialised like the point network's weights and its
-scales ``softplus(rho)`` at a small ``init_scale``. Train it with ``ELBO``.
+behind an auxiliary Normal), so :class:`~pyro_implicit.elbo.WeightSpaceELBO` gets the KL against
+the model's Gaussian prior analytically and its local reparameterisation can see the Normal; and
+it is built eagerly from the model's sites, its means initialised like the point network's
+weights and its scales ``softplus(rho)`` at a small ``init_scale``. Train it with
+``WeightSpaceELBO``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
 
+from .guide import GuideContract
 from .model import BayesianNetwork
 from .seeds import draw_seed, seeded_generator
 
@@ -31,7 +33,7 @@ def inverse_softplus(value: float) -> float:
     return math.log(math.expm1(value))
 
 
-class MeanFieldNormal(PyroModule):
+class MeanFieldNormal(GuideContract, PyroModule):
     """q(w) = prod_i N(w_i; mu_i, softplus(rho_i)^2) over every weight site of ``model``.
 
     ``init_loc`` maps site names to initial means (e.g. the point network's initial weights);

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torch.nn.modules.dropout import _DropoutNd
 from torch.overrides import TorchFunctionMode
 
+from .guide import GuideContract
 from .model import BayesianNetwork, WeightSite
 from .seeds import draw_seed, seeded_generator
 
@@ -81,7 +82,7 @@ class MCDropoutNetwork(BayesianNetwork):
                          "it cannot be baked into a plain network")
 
 
-class MCDropoutGuide(PyroModule):
+class MCDropoutGuide(GuideContract, PyroModule):
     """Posterior samples of MC dropout: one seed per sample (latent shape (1,)); in training the
     guide emits nothing and the network drops out as usual."""
 

@@ -90,9 +90,10 @@ def standard_normal_like(x: torch.Tensor) -> torch.Tensor:
     return noise
 
 
-class ELBO(GaussianPrior):
+class WeightSpaceELBO(GaussianPrior):
     """Callable Pyro loss ``loss(model, guide, *args, **kwargs) -> Tensor``: the negative ELBO per
-    datum plus weight decay on the model's parameters (see the module docstring)."""
+    datum plus weight decay on the model's parameters (see the module docstring). Named apart
+    from ``pyro.infer.ELBO``, which it is not."""
 
     def __init__(self, weight_decay: float = 5e-4, kl_weight: float = 1.0,
                  local_reparam: bool = False, decay_in_optimizer: bool = False):

@@ -17,10 +17,11 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from .guide import GuideContract
 from .model import BayesianNetwork
 
 
-class EnsembleGuide(PyroModule):
+class EnsembleGuide(GuideContract, PyroModule):
     """q(w) = (1/M) sum_m delta(w - w_m) over the sites of ``model``."""
 
     latent_shape = (1,)

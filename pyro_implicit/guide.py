@@ -1,6 +1,11 @@
-"""Guides that emit the model's weight sites: the implicit (hypernetwork) guide and a point one."""
+"""The guide contract (:class:`PosteriorGuide`) and the guides that emit the model's weight
+sites: the implicit (hypernetwork) guide and a point one."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import pyro
 import pyro.distributions as dist
@@ -13,7 +18,56 @@ from .priors import check_location_scale, check_prior, prior_quantiles, z_prior
 from .strategies import group_layers
 
 
-class ImplicitGuide(PyroModule):
+@runtime_checkable
+class PosteriorGuide(Protocol):
+    """What every guide of the library offers, and all that training, posterior sampling
+    (:func:`~pyro_implicit.freeze_posterior`), evaluation and analysis rely on.
+
+    A posterior sample is kept as its *latent draw* (a hypernetwork's z, a seed, an ensemble
+    member's index, a flow's noise), not as its weights: a draw is small, and the weights are
+    regenerated from it whenever they are needed, so N samples never hold N weight sets.
+
+    - ``latent_shape``: the shape of one latent draw; it has no element for a point estimate.
+    - ``sample_latent()``: the next latent draw: from q, or an ensemble's next member.
+    - ``weights(z)``: the values of the model sites the guide fills for draw ``z``, keyed by
+      model site name (sites the guide does not fill keep the model's own values).
+    - ``is_point``: whether nothing is latent (a point estimate), so a single draw is the whole
+      posterior: callers draw once instead of N times, and skip z analyses.
+    - ``z_groups``: the names of the hypernetwork's groups of blocks that share one row of z
+      (the z-sharing strategy), one per row of a draw; None for guides without z groups.
+    - ``guide(*args, **kwargs)``: the guide as a Pyro guide for training, emitting the sites.
+    """
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]: ...
+
+    def sample_latent(self) -> torch.Tensor: ...
+
+    def weights(self, z: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    @property
+    def is_point(self) -> bool: ...
+
+    @property
+    def z_groups(self) -> Sequence[str] | None: ...
+
+    def __call__(self, *args, **kwargs) -> dict[str, torch.Tensor]: ...
+
+
+class GuideContract:
+    """The members of :class:`PosteriorGuide` that follow from ``latent_shape``, shared by the
+    library's guides: ``is_point`` and no z groups (the hypernetwork guide overrides that)."""
+
+    latent_shape: tuple[int, ...]
+    z_groups: Sequence[str] | None = None
+
+    @property
+    def is_point(self) -> bool:
+        """Whether nothing is latent: a point estimate, whose one draw is the whole posterior."""
+        return math.prod(self.latent_shape) == 0
+
+
+class ImplicitGuide(GuideContract, PyroModule):
     """q(w) implicit: sample z ~ p(z) (site ``z``, one row per z group), emit every weight site
     of ``model`` as a Delta at its hypernetwork output g(z; theta).
 
@@ -56,6 +110,11 @@ class ImplicitGuide(PyroModule):
         """Shape of the ``z`` site: (number of z groups, z_dim)."""
         return len(self.groups), self.hypernet.z_dim
 
+    @property
+    def z_groups(self) -> list[str]:
+        """The z groups (``groups``): one row of z each."""
+        return self.groups
+
     def z_distribution(self) -> dist.Distribution:
         """p(z) over the ``z`` site."""
         return z_prior(self.prior, self.latent_shape, self.layer_group.device, self.z_loc,
@@ -84,7 +143,7 @@ class ImplicitGuide(PyroModule):
         return weights
 
 
-class PointGuide(PyroModule):
+class PointGuide(GuideContract, PyroModule):
     """The guide of a point estimate (MAP, MLE): nothing latent, every weight a parameter."""
 
     latent_shape = (0,)

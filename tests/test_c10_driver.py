@@ -11,7 +11,8 @@ import torch
 
 from pyro_implicit.inference.config import TrainConfig
 from pyro_implicit.inference.ensemble import member_config
-from pyro_implicit.inference.train import fit, load_run
+from pyro_implicit.inference.runs import load_run
+from pyro_implicit.inference.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import c10_10k as driver  # noqa: E402

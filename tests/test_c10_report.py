@@ -10,7 +10,8 @@ import pytest
 
 from pyro_implicit.inference.config import TrainConfig
 from pyro_implicit.inference.evaluate import sample_probs
-from pyro_implicit.inference.train import fit, load_run
+from pyro_implicit.inference.runs import load_run
+from pyro_implicit.inference.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import c10_10k_report as report  # noqa: E402

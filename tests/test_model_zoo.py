@@ -12,13 +12,17 @@ from torch import nn
 from torch.func import functional_call
 from torchvision.transforms.v2 import functional as TF
 
-from pyro_implicit.inference.data import (
-    Normalizer,
-    load_data,
-    random_resized_boxes,
-    random_resized_crop,
+from pyro_implicit.inference.data import Normalizer, load_data
+from pyro_implicit.inference.images import random_resized_boxes, random_resized_crop
+from pyro_implicit.models import (
+    PyramidNet,
+    ResNet,
+    ResNeXt,
+    StagedNetwork,
+    create_model,
+    list_models,
+    model_help,
 )
-from pyro_implicit.models import PyramidNet, ResNet, ResNeXt, create_model, model_help
 
 SMALL = ["resnext-11-2x4d", "resnext-20-2x4d", "pyramidnet-20-24", "pyramidnet-14-7",
          "resnet-14-w8", "resnet-26-w4"]
@@ -129,6 +133,16 @@ def test_residual_blocks_contract(name):
     # forward order, block by block
     order = [p for p in conv_order(net, torch.randn(2, 1, 8, 8)) if p in set(listed)]
     assert order == listed
+
+
+@pytest.mark.parametrize("name", [*list_models(), "wrn-10-1", *SMALL])
+def test_every_family_is_a_staged_network_declaring_its_conv_kernels(name):
+    with torch.device("meta"):
+        net = create_model(name)
+    assert isinstance(net, StagedNetwork)
+    convs = {n + ".weight" for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    listed = [p for names in net.residual_blocks().values() for p in names]
+    assert listed and len(listed) == len(set(listed)) and set(listed) <= convs
 
 
 def test_projection_shortcuts_are_generated():

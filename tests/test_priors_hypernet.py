@@ -74,7 +74,7 @@ def test_hypernetwork_rejects_wrong_z_shape():
 
 
 def test_generation_gradients_equal_autograd_reference():
-    from pyro_implicit.hypernet import _Generate
+    from pyro_implicit.generation import _Generate
 
     shapes = [(4, 3, 3, 3), (5, 4, 1, 1), (2, 5, 3, 3)]
     hyper = HyperNetworks(shapes, z_dim=3, h_dim=4).double()
@@ -123,10 +123,11 @@ def test_released_gradient_memory_is_reused_and_accumulation_still_sums():
 
 
 def test_row_ranges_cover_each_layer_once():
-    from pyro_implicit import hypernet
+    from pyro_implicit import generation
 
-    sizes = [5 * hypernet.MIN_TASK_ROWS, hypernet.MIN_TASK_ROWS - 1, 3 * hypernet.MIN_TASK_ROWS]
-    ranges = hypernet._row_ranges(sizes, threads=4)
+    rows = generation.MIN_TASK_ROWS
+    sizes = [5 * rows, rows - 1, 3 * rows]
+    ranges = generation._row_ranges(sizes, threads=4)
     assert [(layer, a, b) for layer, a, b in ranges if layer == 1] == [(1, 0, sizes[1])]
     assert sum(layer == 0 for layer, _, _ in ranges) == 4  # min(threads, size // MIN_TASK_ROWS)
     assert sum(layer == 2 for layer, _, _ in ranges) == 3
@@ -134,17 +135,17 @@ def test_row_ranges_cover_each_layer_once():
         own = [(a, b) for i, a, b in ranges if i == layer]
         assert own[0][0] == 0 and own[-1][1] == size
         assert all(b == a2 for (_, b), (a2, _) in zip(own, own[1:], strict=False))
-    assert hypernet._row_ranges(sizes, threads=1) == [(i, 0, s) for i, s in enumerate(sizes)]
+    assert generation._row_ranges(sizes, threads=1) == [(i, 0, s) for i, s in enumerate(sizes)]
 
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_threaded_generation_equals_one_product_per_layer(monkeypatch, threads):
     """With theta cut into row ranges on a thread pool, kernels and both gradients equal the
     per-layer products (same numbers in a different summation order)."""
-    from pyro_implicit import hypernet
+    from pyro_implicit import generation
 
-    monkeypatch.setattr(hypernet, "MIN_TASK_ROWS", 7)  # cut even these small layers
-    monkeypatch.setattr(hypernet, "_threads_for", lambda output: threads)
+    monkeypatch.setattr(generation, "MIN_TASK_ROWS", 7)  # cut even these small layers
+    monkeypatch.setattr(generation, "_threads_for", lambda output: threads)
     shapes = [(4, 3, 3, 3), (2, 5, 1, 1), (8, 2, 3, 3)]  # 108 and 144 rows cut, 10 whole
     hyper = HyperNetworks(shapes, z_dim=3, h_dim=4).double()
     z = torch.randn(3, 3, dtype=torch.double)
@@ -161,9 +162,9 @@ def test_threaded_generation_equals_one_product_per_layer(monkeypatch, threads):
     torch.testing.assert_close(hyper.output.grad, out.grad)
     torch.testing.assert_close(hyper.hidden.grad, hid.grad)
     if threads > 1:
-        assert hypernet._pool is not None and hypernet._pool[0] == threads
+        assert generation._pool is not None and generation._pool[0] == threads
         torch.autograd.gradcheck(
-            lambda o, v: hypernet._Generate.apply(o, v, hyper.sizes, hyper),
+            lambda o, v: generation._Generate.apply(o, v, hyper.sizes, hyper),
             (out.detach().requires_grad_(), torch.rand(3, 4, dtype=torch.double,
                                                        requires_grad=True)))
 
@@ -178,22 +179,22 @@ def test_fused_sgd_backward_equals_optimizer_step(monkeypatch, backend, options)
     """With fuse_sgd the backward updates theta itself, in the C++ sweep or chunk by chunk in
     torch, on 1 or 3 threads: theta, its momentum and the hidden layers after three steps
     equal those of SGD(fused=True).step on the gradient."""
-    from pyro_implicit import hypernet, native
+    from pyro_implicit import generation, native
 
     if backend.startswith("native"):
         if native.fused_sgd_kernel() is None:
             pytest.skip("the C++ sweep cannot be built here")
     else:
-        monkeypatch.setattr(hypernet, "fused_sgd_kernel", lambda: None)
+        monkeypatch.setattr(generation, "fused_sgd_kernel", lambda: None)
     threads = int(backend[-1])
     calls = []
-    kernel = hypernet.fused_sgd_kernel()
+    kernel = generation.fused_sgd_kernel()
     if kernel is not None:  # count its calls: the native backend must be the one running
-        monkeypatch.setattr(hypernet, "fused_sgd_kernel",
+        monkeypatch.setattr(generation, "fused_sgd_kernel",
                             lambda: lambda *a: calls.append(1) or kernel(*a))
-    monkeypatch.setattr(hypernet, "MIN_TASK_ROWS", 7)
-    monkeypatch.setattr(hypernet, "CHUNK_ROWS", 5)  # ranges cut into chunks with a ragged end
-    monkeypatch.setattr(hypernet, "_threads_for", lambda output: threads)
+    monkeypatch.setattr(generation, "MIN_TASK_ROWS", 7)
+    monkeypatch.setattr(generation, "CHUNK_ROWS", 5)  # ranges cut into chunks with a ragged end
+    monkeypatch.setattr(generation, "_threads_for", lambda output: threads)
     shapes = [(4, 3, 3, 3), (2, 5, 1, 1), (8, 2, 3, 3)]
     torch.manual_seed(0)
     plain = HyperNetworks(shapes, z_dim=3, h_dim=4).double()
@@ -218,7 +219,7 @@ def test_fused_sgd_backward_equals_optimizer_step(monkeypatch, backend, options)
         torch.testing.assert_close(buffers[1], buffers[0], rtol=1e-12, atol=1e-14)
     else:
         assert "momentum_buffer" not in optimizers[1].state[fused.output]
-    ranges = len(hypernet._row_ranges(fused.sizes, threads))
+    ranges = len(generation._row_ranges(fused.sizes, threads))
     assert len(calls) == (3 * ranges if backend.startswith("native") else 0)  # per range, step
 
 

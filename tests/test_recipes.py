@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 
 from conftest import tiny_batch
 from pyro_implicit import ImplicitMAP
-from pyro_implicit.inference import TrainConfig
+from pyro_implicit.inference import TrainConfig, prepare
 from pyro_implicit.inference import train as train_module
 from pyro_implicit.inference.checkpoint import load_checkpoint
 from pyro_implicit.inference.cli import _config, build_parser, explicit_flags, main
@@ -260,7 +260,7 @@ def test_bf16_without_gpu_support_is_refused(monkeypatch):
 
 def test_bf16_autocast_and_channels_last_are_honoured_on_cpu():
     config = TrainConfig(model="wrn-10-1", channels_last=True, precision="bf16")
-    run = train_module.prepare(config, load_data("digits", train_subset=40))
+    run = prepare(config, load_data("digits", train_subset=40))
     assert run.model.net.stem.weight.is_contiguous(memory_format=torch.channels_last)
     dtypes = []
     run.model.net.stage1.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))

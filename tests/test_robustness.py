@@ -110,7 +110,7 @@ def launch(module, *argv, cwd):
 
 
 def torchrun(folder, out, *extra):
-    launch("pyro_implicit.inference.train", *ARGS[:-2], "--epochs", "1", "--batch-size", "8",
+    launch("pyro_implicit.inference", "train", *ARGS[:-2], "--epochs", "1", "--batch-size", "8",
            "--data", f"imagefolder:{folder}", "--out", str(out), *extra, cwd=out.parent)
     return load_checkpoint(out / "checkpoint.pt")
 

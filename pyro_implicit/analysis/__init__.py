@@ -50,7 +50,6 @@ from .weights import (
     abs_correlations,
     draw_weights,
     independent_level,
-    is_point,
     mean_abs_correlation,
     select_weights,
 )
@@ -69,7 +68,6 @@ __all__ = [
     "draw_weights",
     "fault_table",
     "independent_level",
-    "is_point",
     "mean_abs_correlation",
     "observed_labels",
     "pair_correlations",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..guide import PosteriorGuide
 from ..model import BayesianNetwork
 
 PAIR_KINDS = ("within", "across")
@@ -153,15 +154,10 @@ def select_weights(
     return WeightSelection(tuple(ordered), tuple(layout.block_of(r.site) for r in ordered), pairs)
 
 
-def is_point(guide) -> bool:
-    """Whether ``guide`` is a point estimate (nothing latent: one weight sample)."""
-    return math.prod(guide.latent_shape) == 0
-
-
 @torch.no_grad()
 def draw_weights(
     model: BayesianNetwork,
-    guide,
+    guide: PosteriorGuide,
     refs: Sequence[WeightRef],
     num_draws: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -173,7 +169,7 @@ def draw_weights(
     """
     if num_draws < 1:
         raise ValueError(f"num_draws must be >= 1, got {num_draws}")
-    point = is_point(guide)
+    point = guide.is_point
     latents = torch.stack([guide.sample_latent() for _ in range(1 if point else num_draws)])
     by_site: dict[str, tuple[list[int], list[tuple[int, ...]]]] = {}
     for col, ref in enumerate(refs):
