@@ -9,7 +9,6 @@ an ``arviz.InferenceData`` (layout in :mod:`pyro_implicit.analysis`), written as
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from .config import TrainConfig
 from .data import load_data
 from .evaluate import BN_BATCHES, sample_probs
 from .images import ImageData
+from .outputs import check_output_folder, json_safe, write_atomic_path, write_json
 from .runs import Run, is_finished, is_run, load_run, read_config
 from .train import fit
 
@@ -177,19 +177,6 @@ def analyze(
         data.test_y[torch.from_numpy(points)], data.classes, points, attrs)
 
 
-def _json_safe(value):
-    """NaN -> None, numpy scalars and arrays -> Python, recursively (for strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def summarize(idata: az.InferenceData, fault_models: int = FAULT_MODELS) -> dict:
     """The numbers of an analysis InferenceData, as written to ``summary.json``:
 
@@ -223,21 +210,21 @@ def summarize(idata: az.InferenceData, fault_models: int = FAULT_MODELS) -> dict
                             "reliability": {k: bins[k] for k in ("confidence", "accuracy",
                                                                  "count")}},
         })
-    return _json_safe(summary)
+    return json_safe(summary)
 
 
 def analyze_runs(paths: Sequence[Path | str], out: Path | str, **options) -> dict:
     """Load ``paths`` (one run, or several as an ensemble), analyse them with ``options`` (see
     :func:`analyze`) and write ``out/posterior.nc`` and ``out/summary.json``; return the
-    summary."""
+    summary. ``out`` is checked writable before any work."""
+    out = check_output_folder(out, "analyze --out")
     runs = load_runs(paths)
     idata = analyze(runs, **options)
     names = [str(p) for p in paths]
     summary = {"runs": names, **idata.posterior.attrs, **summarize(idata)}
     for group in idata.groups():
         idata[group].attrs["runs"] = json.dumps(names)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    idata.to_netcdf(str(out / POSTERIOR))
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic_path(out / POSTERIOR, lambda tmp: idata.to_netcdf(str(tmp)))
+    write_json(out / SUMMARY, summary)
     return summary

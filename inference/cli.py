@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -20,11 +19,19 @@ from .distributed import teardown
 from .evaluate import BN_BATCHES, evaluate, evaluate_run, format_table, parse_samples
 from .methods import METHODS
 from .options import OPTION_GROUPS, add_option_flags, non_negative_int, positive_int
+from .outputs import check_output_file, write_json
 from .recipes import describe_recipes, resolve_config
 from .runs import TrainingInterrupted
 from .train import fit
 
 DEFAULTS = TrainConfig()
+
+
+def _samples(text: str) -> list[int]:
+    try:
+        return parse_samples(text)
+    except ValueError as err:  # argparse would print "invalid parse_samples value" instead
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _bn_batches(text: str) -> int | None:
@@ -127,9 +134,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     elif args.out is None:
         raise ValueError("train needs --out RUN (a new run folder) or --resume RUN")
     else:
-        fit(_config(args), Path(args.out))
+        fit(_resolved(_config(args)), Path(args.out))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run finished: {args.resume or args.out}")
+
+
+def _resolved(config: TrainConfig) -> TrainConfig:
+    """``config`` with a relative ``imagefolder:`` / ``imagenet:`` path made absolute, so the run
+    can be evaluated from any directory."""
+    kind, sep, path = config.data.partition(":")
+    if not sep or Path(path).is_absolute():
+        return config
+    return dataclasses.replace(config, data=f"{kind}:{Path(path).resolve()}")
 
 
 def cmd_recipes(args: argparse.Namespace) -> None:
@@ -137,13 +153,15 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.json:
+        check_output_file(args.json, "--json")
     result = evaluate_run(Path(args.run), args.samples, args.data, args.bn_batches,
                           seed=args.seed, form=args.form, device=args.device)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     print(format_table({f"x{n}": m for n, m in result["samples"].items()}))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
         print(f"wrote {args.json}")
 
 
@@ -161,6 +179,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.out:
+        for method in ("map", "hypernet"):
+            if (Path(args.out) / method).exists():
+                raise ValueError(f"demo --out {args.out} already holds {method}/: choose a new "
+                                 "--out folder, or remove that one")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pyro-implicit-demo-"))
     rows, seconds = {}, {}
     for method in ("map", "hypernet"):
@@ -182,10 +207,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"training time: map {seconds['map']:.0f}s, hypernet {seconds['hypernet']:.0f}s; "
           f"runs in {out}")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"model": args.model, "epochs": args.epochs, "seed": args.seed,
-             "num_test": len(run.data.test_y), "rows": rows, "train_seconds": seconds},
-            indent=2) + "\n")
+        write_json(args.json, {"model": args.model, "epochs": args.epochs, "seed": args.seed,
+                               "num_test": len(run.data.test_y), "rows": rows,
+                               "train_seconds": seconds})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="N-sample averaged error, NLL, ECE, Brier of a run")
     ev.add_argument("run", help="run folder")
-    ev.add_argument("--samples", type=parse_samples, default=[1, 2, 4, 8, 16],
+    ev.add_argument("--samples", type=_samples, default=[1, 2, 4, 8, 16],
                     help="comma-separated N values (default 1,2,4,8,16)")
     ev.add_argument("--json", default=None, metavar="FILE", help="write the results here")
     ev.add_argument("--data", default=None, metavar="SPEC",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from .options import (
     FlowOptions,
     HypernetOptions,
 )
+from .outputs import write_json
 
 CONFIG_FORMAT = 1
 
@@ -65,6 +66,41 @@ def check_precision(device: str, precision: str) -> str:
     return precision
 
 
+# Upper bounds of sizes, far above any real run, so that a typo fails in one line instead of in
+# the allocator (theta holds h_dim numbers per generated weight; the paper uses z, h in 4..128)
+LIMITS = {"epochs": 100_000, "batch_size": 1 << 16, "z_dim": 1024, "h_dim": 1024,
+          "members": 1024, "z_draws": 1024, "flow_layers": 64, "flow_hidden": 1 << 14}
+
+
+def _kind(hint: object) -> tuple[tuple[type, ...], str]:
+    """The accepted Python types of a field's type hint, and how to name them in a message."""
+    args = set(typing.get_args(hint))
+    if type(None) in args:  # X | None
+        (inner,) = args - {type(None)}
+        types, name = _kind(inner)
+        return (*types, type(None)), f"{name} or null"
+    if typing.get_origin(hint) is list:
+        return (list,), "a list of numbers"
+    return {bool: ((bool,), "true or false"), int: ((int,), "an integer"),
+            float: ((int, float), "a number"), str: ((str,), "a string")}[hint]
+
+
+def check_types(config: object) -> None:
+    """Raise a ValueError naming the first field whose value has the wrong type for its hint (a
+    string for a number, a float for an integer, NaN or infinity, a scalar for a list)."""
+    for name, hint in typing.get_type_hints(type(config)).items():
+        if typing.get_origin(hint) is typing.ClassVar:
+            continue
+        value = getattr(config, name)
+        types, wanted = _kind(hint)
+        numbers = [value] if isinstance(value, float) else value if isinstance(value, list) else []
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if ok and isinstance(value, list):
+            ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        if not ok or any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise ValueError(f"{name} must be {wanted}, got {value!r}")
+
+
 @dataclass
 class TrainConfig(HypernetOptions, EnsembleOptions, BBBOptions, ELBOOptions, FlowOptions):
     """A training run. Defaults follow the paper's recipe (WideResNet's CIFAR schedule); each
@@ -98,14 +134,16 @@ class TrainConfig(HypernetOptions, EnsembleOptions, BBBOptions, ELBOOptions, Flo
 
     def validate(self) -> TrainConfig:
         """Raise a ValueError naming the first bad value and the valid choices."""
+        check_types(self)
         resolve_model(self.model)
         method = METHODS[check_method(self.method)]
         for group in OPTION_GROUPS:
             group.check(self)
         check_data_spec(self.data)
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name, most in LIMITS.items():
+            value = getattr(self, name)
+            if not 1 <= value <= most:
+                raise ValueError(f"{name} must be an integer in 1..{most}, got {value}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"train_subset must be positive, got {self.train_subset}")
         for name in ("lr", "weight_decay", "momentum", "gamma"):
@@ -137,11 +175,8 @@ class TrainConfig(HypernetOptions, EnsembleOptions, BBBOptions, ELBOOptions, Flo
         return self.lr * self.gamma**drops
 
     def save(self, path: Path) -> None:
-        """Write config.json atomically (temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        """Write config.json atomically (:mod:`.outputs`)."""
+        write_json(path, dataclasses.asdict(self))
 
     @classmethod
     def load(cls, path: Path, device: str | None = None) -> TrainConfig:
@@ -151,6 +186,9 @@ class TrainConfig(HypernetOptions, EnsembleOptions, BBBOptions, ELBOOptions, Flo
             raw = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot read run config {path}: {err}") from err
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must hold a JSON object of config values, got a "
+                             f"{type(raw).__name__}")
         if raw.get("format") != CONFIG_FORMAT:
             raise ValueError(f"{path} was written by an incompatible version "
                              f"(format {raw.get('format')}, expected {CONFIG_FORMAT})")
@@ -160,4 +198,7 @@ class TrainConfig(HypernetOptions, EnsembleOptions, BBBOptions, ELBOOptions, Flo
             raise ValueError(f"{path} has unknown keys {sorted(unknown)}")
         if device is not None:
             raw["device"] = device
-        return cls(**raw).validate()
+        try:
+            return cls(**raw).validate()
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err

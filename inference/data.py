@@ -40,11 +40,12 @@ DATA_CHOICES = "digits, cifar10, svhn, imagefolder:PATH, imagenet:PATH"
 AUGMENT_CHOICES = ("auto", "pad-crop", "imagenet")
 AUTO_IMAGENET_ABOVE = 64  # "auto" picks imagenet for images whose shorter side exceeds this
 PATH_SPECS = ("imagefolder:", "imagenet:")  # spec prefixes followed by a PATH
+MEMORY = "memory"  # a run's data handed to fit in memory: it cannot be loaded, only handed again
 
 
 def check_data_spec(spec: str) -> str:
     """Return ``spec`` if well-formed, else raise a ValueError listing the choices."""
-    if spec in ("digits", "cifar10", "svhn") or any(
+    if spec in ("digits", "cifar10", "svhn", MEMORY) or any(
             spec.startswith(kind) and len(spec) > len(kind) for kind in PATH_SPECS):
         return spec
     raise ValueError(f"unknown data {spec!r}; choose one of: {DATA_CHOICES}")
@@ -71,6 +72,17 @@ def load_data(
     else ``pad-crop``).
     """
     check_data_spec(spec)
+    if spec == MEMORY:
+        raise ValueError("this run was trained on data handed to fit(..., data=...) in memory, "
+                         "which cannot be loaded again: pass the same data (load_run(RUN, "
+                         "data=...), evaluate(run, test=...))")
+    data = _load(spec, train_subset, root, download, augment)
+    data.spec = spec
+    return data
+
+
+def _load(spec: str, train_subset: int | None, root: str | None, download: bool,
+          augment: str) -> ImageData:
     check_augment(augment)
     if spec.startswith("imagenet:"):  # lazy: decoded per batch (see .folders)
         return load_imagenet(Path(spec.split(":", 1)[1]), train_subset)

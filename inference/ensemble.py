@@ -14,7 +14,6 @@ ensemble at the member and step where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -24,9 +23,17 @@ from .config import TrainConfig
 from .data import load_data
 from .distributed import setup
 from .images import ImageData
-from .runs import CHECKPOINT, CONFIG, METRICS, Run, TrainingInterrupted, build_run
-
-MEMBERS = "members"
+from .outputs import write_json
+from .runs import (
+    CHECKPOINT,
+    CONFIG,
+    MEMBERS,
+    METRICS,
+    Run,
+    TrainingInterrupted,
+    build_run,
+    history,
+)
 
 
 def member_config(config: TrainConfig, index: int) -> TrainConfig:
@@ -61,8 +68,6 @@ def fit_members(config: TrainConfig, out: Path, progress: bool | None,
     except BaseException:
         if created and main and not (out / MEMBERS).exists():  # nothing trained: no run
             (out / CONFIG).unlink(missing_ok=True)
-            if not any(out.iterdir()):
-                out.rmdir()
         raise
     ensemble = build_run(config, data)
     ensemble.guide.load_members([dict(run.model.net.named_parameters()) for run in runs])
@@ -70,15 +75,15 @@ def fit_members(config: TrainConfig, out: Path, progress: bool | None,
         history = combined_history(out, config.members)
         save_checkpoint({"format": config.format, "epoch": config.epochs, "step": 0,
                          "history": history, "model": ensemble.model.state_dict(),
-                         "guide": ensemble.guide.state_dict()}, out / CHECKPOINT)
-        (out / METRICS).write_text(json.dumps({"history": history}, indent=2) + "\n")
+                         "guide": ensemble.guide.state_dict(),
+                         "config": dataclasses.asdict(config)}, out / CHECKPOINT)
+        write_json(out / METRICS, {"history": history})
     return ensemble
 
 
 def combined_history(out: Path, members: int) -> list[dict]:
     """Per epoch: the members' mean loss and training error and the sum of their epoch times."""
-    histories = [json.loads((out / MEMBERS / str(m) / METRICS).read_text())["history"]
-                 for m in range(members)]
+    histories = [history(out / MEMBERS / str(m)) for m in range(members)]
     return [{"epoch": epochs[0]["epoch"], "lr": epochs[0]["lr"],
              "loss": statistics.fmean(e["loss"] for e in epochs),
              "train_error": statistics.fmean(e["train_error"] for e in epochs),

@@ -32,6 +32,7 @@ class ImageData:
     pad: int  # random-crop padding
     flip: bool  # random horizontal flips
     augment: str = "pad-crop"  # or "imagenet"
+    spec: str | None = None  # the data spec it was loaded from (None: built in memory)
 
     @property
     def num_classes(self) -> int:

@@ -163,7 +163,8 @@ def check_method(name: str) -> str:
 
 
 def build(config: TrainConfig, num_classes: int, in_channels: int, num_data: int):
-    """The (model, guide) pair of ``config``: a fresh network wrapped by its method."""
-    net = create_model(config.model, num_classes=num_classes, in_channels=in_channels,
-                       drop_rate=config.drop_rate)
+    """The (model, guide) pair of ``config``: a fresh network wrapped by its method. A drop rate
+    is passed only when set, so a network registered without one builds as it is."""
+    dropout = {"drop_rate": config.drop_rate} if config.drop_rate else {}
+    net = create_model(config.model, num_classes=num_classes, in_channels=in_channels, **dropout)
     return METHODS[check_method(config.method)].build(net, config, num_data)

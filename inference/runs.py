@@ -2,13 +2,19 @@
 trained one. Training (:mod:`.train`), evaluation, analysis and ensembles all meet here.
 
 A run folder holds ``config.json`` (the :class:`~.config.TrainConfig`), ``checkpoint.pt`` (model,
-guide, optimiser, position and RNG states: see :mod:`.train`) and ``metrics.json`` (the
-per-epoch history). A folder is a run once its ``config.json`` exists.
+guide, optimiser, position and RNG states, and the config it was trained with: see :mod:`.train`)
+and ``metrics.json`` (the per-epoch history). A folder is a run once its ``config.json`` exists.
+While a process writes a run folder it holds an OS lock on ``.lock`` there (:func:`locked`),
+which dies with the process; a second writer is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +32,75 @@ from .distributed import convert_sync_batchnorm
 from .folders import uint8_batches
 from .images import ImageData
 from .methods import build
+from .outputs import write_json
 
-CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.json", "checkpoint.pt"
+CONFIG, METRICS, CHECKPOINT, LOCK = "config.json", "metrics.json", "checkpoint.pt", ".lock"
+MEMBERS = "members"  # an ensemble's member runs: RUN/members/<m>
 
 
 class TrainingInterrupted(Exception):
     """SIGTERM or SIGINT stopped training; a checkpoint of the exact position was written."""
+
+
+class RunLocked(FileExistsError):
+    """Another live process is writing the run folder."""
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s write lock (``fcntl.flock`` on ``folder/.lock``, released by the OS when
+    the process ends, however it ends); :class:`RunLocked` names the holder's pid. A folder
+    this call created (with any parents it created) is removed again if it is not a run when
+    the lock is let go."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLocked(f"{folder} is being written by process {holder}: wait for it to end, "
+                        "or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    try:
+        yield
+    finally:
+        if not is_run(folder):  # nothing of a run was written: leave nothing behind
+            (folder / LOCK).unlink(missing_ok=True)
+            for made in created:  # innermost first
+                if any(made.iterdir()):
+                    break
+                made.rmdir()
+        os.close(fd)
+
+
+def check_new_run_folder(folder: Path, members: bool = False) -> None:
+    """Refuse ``folder`` for a new run unless it is absent or empty (ours: a stale lock, and for
+    an ensemble the ``members/`` folder of its member runs): a folder one did not create is
+    never written into."""
+    if str(folder) in ("", "."):
+        raise ValueError(f"--out needs a new folder's name, got {str(folder)!r}")
+    if is_run(folder):
+        raise FileExistsError(f"{folder} already holds a run: pass --resume to continue it, "
+                              "or choose another --out")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file, not a folder")
+    if not folder.is_dir():
+        return
+    ours = {LOCK} | ({MEMBERS} if members and _only_runs(folder / MEMBERS) else set())
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ValueError(f"--out {folder} is a folder that is not a run of ours and not empty "
+                         f"({shown}): nothing is written into it; choose a new or empty folder")
+
+
+def _only_runs(folder: Path) -> bool:
+    """Whether every entry of ``folder`` is a run folder or an empty folder (or a link to one)."""
+    return folder.is_dir() and all(
+        p.is_dir() and (is_run(p) or not any(p.iterdir())) for p in folder.iterdir())
 
 
 @dataclass
@@ -71,9 +140,33 @@ def read_config(folder: Path | str, device: str | None = None) -> TrainConfig:
 
 
 def history(folder: Path | str) -> list[dict]:
-    """The per-epoch records of ``metrics.json`` (empty before the first epoch ends)."""
-    metrics = Path(folder) / METRICS
-    return json.loads(metrics.read_text())["history"] if metrics.is_file() else []
+    """The per-epoch records of ``metrics.json`` (empty before the first epoch ends), else of the
+    checkpoint when ``metrics.json`` is unreadable (a kill cut its write short)."""
+    folder = Path(folder)
+    try:
+        return json.loads((folder / METRICS).read_text())["history"]
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError):
+        if not (folder / CHECKPOINT).is_file():
+            raise ValueError(f"{folder / METRICS} is unreadable and there is no checkpoint to "
+                             "rebuild it from") from None
+        return list(load_checkpoint(folder / CHECKPOINT)["history"])
+
+
+def sync_metrics(folder: Path, recorded: list[dict]) -> bool:
+    """Rewrite ``metrics.json`` from the checkpoint's history ``recorded`` when it is unreadable
+    or says otherwise; whether it had to be repaired."""
+    try:
+        if json.loads((folder / METRICS).read_text())["history"] == recorded:
+            return False
+    except FileNotFoundError:
+        if not recorded:
+            return False
+    except (ValueError, KeyError, TypeError):
+        pass
+    write_json(folder / METRICS, {"history": recorded})
+    return True
 
 
 def is_finished(folder: Path | str) -> bool:
@@ -116,15 +209,49 @@ def load_run(folder: Path | str, data: ImageData | None = None, device: str | No
     return run
 
 
+IGNORED_IN_CHECK = ("device",)  # may be replaced on loading (a GPU run read on a CPU)
+
+
 def load_states(folder: Path, state: dict, run: Run, optimizer=None) -> None:
-    """Restore model, guide (and optimiser) states; a mismatch is a clear ValueError."""
-    try:
-        run.model.load_state_dict(state["model"])
-        run.guide.load_state_dict(state["guide"])
-        if optimizer is not None:
+    """Restore model, guide (and optimiser) states; a checkpoint trained with another config
+    than ``config.json``, or holding other tensors than the run's, is a clear ValueError."""
+    path = folder / CHECKPOINT
+    trained = state.get("config")  # absent in checkpoints of earlier versions
+    if trained is not None:
+        mine = dataclasses.asdict(run.config)
+        differ = sorted(k for k in set(mine) | set(trained)
+                        if k not in IGNORED_IN_CHECK and mine.get(k) != trained.get(k))
+        if differ:
+            shown = ", ".join(f"{k}: {trained.get(k)!r} in the checkpoint, {mine.get(k)!r} in "
+                              f"{CONFIG}" for k in differ[:3])
+            raise ValueError(f"{path} was trained with another configuration than {folder / CONFIG}"
+                             f" ({shown}); the two files come from different runs")
+    for part in ("model", "guide"):
+        mismatch = state_mismatch(getattr(run, part).state_dict(), state.get(part, {}))
+        if mismatch:
+            raise ValueError(f"{path} does not match the run's configuration: its {part} "
+                             f"{mismatch}")
+    run.model.load_state_dict(state["model"])
+    run.guide.load_state_dict(state["guide"])
+    if optimizer is not None:
+        missing = [k for k in ("optimizer", "history", "epoch", "step", "rng") if k not in state]
+        if missing:
+            raise ValueError(f"{path} cannot resume training: it lacks {', '.join(missing)}")
+        try:
             optimizer.load_state_dict(state["optimizer"])
-            for key in ("history", "epoch", "step", "rng"):
-                state[key]  # noqa: B018 - presence check
-    except (RuntimeError, KeyError, ValueError) as err:
-        raise ValueError(f"{folder / CHECKPOINT} does not match the run's configuration: "
-                         f"{str(err).splitlines()[0]}") from err
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"{path} does not match the run's optimiser: "
+                             f"{str(err).splitlines()[0]}") from err
+
+
+def state_mismatch(expected: dict, saved: dict) -> str | None:
+    """How ``saved`` differs from the state dict ``expected`` (first keys and shapes), or None."""
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    shapes = [f"{k} {tuple(saved[k].shape)} (expected {tuple(expected[k].shape)})"
+              for k in expected if k in saved and hasattr(saved[k], "shape")
+              and saved[k].shape != expected[k].shape]
+    parts = [f"{what} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+             for what, keys in (("lacks", missing), ("has unexpected", unexpected),
+                                ("has other shapes:", shapes)) if keys]
+    return "; ".join(parts) or None

@@ -12,10 +12,11 @@ bit-identical to an uninterrupted run on CPU. Under torchrun it trains data-para
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,14 +34,15 @@ from pyro_implicit import ImplicitGuide
 from pyro_implicit.hypernet import HyperNetworks, release_grads
 from pyro_implicit.objective import unique_parameters
 
-from .checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import to_device
+from .data import MEMORY, to_device
 from .distributed import Dist, setup
 from .ensemble import fit_members
 from .folders import is_lazy, train_batches
 from .images import ImageData
-from .methods import METHODS, z_spread
+from .methods import METHODS, check_method, z_spread
+from .outputs import check_output_folder, write_json
 from .runs import (
     CHECKPOINT,
     CONFIG,
@@ -48,9 +50,11 @@ from .runs import (
     Run,
     TrainingInterrupted,
     build_run,
-    is_run,
+    check_new_run_folder,
     load_states,
+    locked,
     read_config,
+    sync_metrics,
 )
 
 SYNC_EVERY = 50  # steps between reads of the loss sums (the only host-device syncs of a step)
@@ -176,35 +180,55 @@ def _wrap(module: torch.nn.Module, config: TrainConfig, dist: Dist) -> torch.nn.
 def fit(config: TrainConfig | None, out: Path, resume: bool = False,
         progress: bool | None = None, data: ImageData | None = None) -> Run:
     """Train ``config`` into the run folder ``out`` (or continue the run there when ``resume``;
-    ``config`` is then None: the saved one is used)."""
+    ``config`` is then None: the saved one is used). ``data`` (in memory) replaces loading
+    ``config.data``; data not loaded from a spec is recorded as ``data="memory"``, and must be
+    handed to :func:`~.runs.load_run` again. The folder is locked while this process writes it."""
     out = Path(out)
     if resume:
-        if not is_run(out):
-            raise FileNotFoundError(f"--resume {out}: not a run folder (no {CONFIG})")
         config = read_config(out)
-    elif (out / CONFIG).exists():
-        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, "
-                              "or choose another --out")
     else:
-        config.validate()
+        check_new_run_folder(out, members=METHODS[check_method(config.method)].trains_members)
+        config = _with_data_source(config, data).validate()
+        check_output_folder(out, "--out")
     if METHODS[config.method].trains_members:  # an ensemble: one ordinary run per member
-        return fit_members(config, out, progress, data, fit)
+        with _writing(out, setup(config.device)):
+            return fit_members(config, out, progress, data, fit)
     dist = setup(config.device)
-    run = build_run(config, data)
-    optimizer = make_optimizer(run.config, run.model, run.guide, fuse=not dist.active)
-    state = load_checkpoint(out / CHECKPOINT) if resume else None
-    if state is not None:
-        if dist.is_main:
-            remove_stale_temp_files(out / CHECKPOINT)
-        load_states(out, state, run, optimizer)
-    if dist.active and config.per_rank_z:
-        torch.manual_seed(config.seed * 100_003 + dist.rank)  # own z (and dropout) per rank
-    # Pyro's argument checks read tensors back (a host-device sync per distribution) and would
-    # trip over a NaN before the loop reports it: off while training
-    with _stop_requests() as stop, pyro.validation_enabled(False):
-        _Loop(run, optimizer, dist, out).train(
-            state, stop, show=dist.is_main and (progress is None or progress))
+    with _writing(out, dist):
+        run = build_run(config, data)
+        optimizer = make_optimizer(run.config, run.model, run.guide, fuse=not dist.active)
+        state = load_checkpoint(out / CHECKPOINT) if resume else None
+        if state is not None:
+            load_states(out, state, run, optimizer)
+            if dist.is_main and sync_metrics(out, list(state["history"])):
+                print(f"pyro-implicit: {out / METRICS} did not match the checkpoint; rewritten "
+                      "from its history", file=sys.stderr)
+        if dist.active and config.per_rank_z:
+            torch.manual_seed(config.seed * 100_003 + dist.rank)  # own z (and dropout) per rank
+        # Pyro's argument checks read tensors back (a host-device sync per distribution) and
+        # would trip over a NaN before the loop reports it: off while training
+        with _stop_requests() as stop, pyro.validation_enabled(False):
+            _Loop(run, optimizer, dist, out).train(
+                state, stop, show=dist.is_main and (progress is None or progress))
     return run
+
+
+def _writing(out: Path, dist: Dist) -> contextlib.AbstractContextManager:
+    """The run folder's write lock, held by the one process that writes it (rank 0)."""
+    return locked(out) if dist.is_main else contextlib.nullcontext()
+
+
+def _with_data_source(config: TrainConfig, data: ImageData | None) -> TrainConfig:
+    """``config`` recording where ``data`` came from: its spec must be ``config.data``; data
+    built in memory (no spec) is recorded as ``memory``."""
+    if data is None:
+        return config
+    if data.spec is None:
+        return dataclasses.replace(config, data=MEMORY)
+    if data.spec != config.data:
+        raise ValueError(f"data= was loaded from {data.spec!r} but config.data is "
+                         f"{config.data!r}: they must name the same data")
+    return config
 
 
 @dataclass
@@ -246,6 +270,7 @@ class _Loop:
         """The position (epoch, step, data order, tally) of ``state``, its RNG states set."""
         if state is None:
             return 0, 0, None, _Tally()
+        self.check_position(state)
         self.history = list(state["history"])
         epoch, step = int(state["epoch"]), int(state["step"])
         order, tally = (state["order"], _Tally(*state["partial"])) if step else (None, _Tally())
@@ -256,6 +281,31 @@ class _Loop:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         _set_host_rng_states(state["rng"])
         return epoch, step, order, tally
+
+    def check_position(self, state: dict) -> None:
+        """Refuse a checkpoint whose position (epoch, step, data order, running sums, history)
+        could not have been written by this run's training."""
+        epoch, step, history = state["epoch"], state["step"], state["history"]
+        n = len(self.y_all)
+        problem = None
+        if not isinstance(epoch, int) or not 0 <= epoch <= self.config.epochs:
+            problem = f"epoch {epoch!r} is not in 0..{self.config.epochs}"
+        elif not isinstance(step, int) or not 0 <= step <= self.steps or (
+                step and epoch == self.config.epochs):
+            problem = f"step {step!r} of epoch {epoch} is not a position of {self.steps} steps"
+        elif [h.get("epoch") for h in history] != list(range(1, epoch + 1)):
+            problem = f"its history does not list epochs 1..{epoch}"
+        elif step:
+            order, partial = state["order"], state["partial"]
+            if not (isinstance(order, torch.Tensor) and order.shape == (n,)
+                    and torch.equal(order.sort().values, torch.arange(n))):
+                problem = f"its data order is not a permutation of the {n} training items"
+            elif not (len(partial) == 4 and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                and v >= 0 for v in partial)):
+                problem = f"its running sums {partial!r} are not 4 finite numbers >= 0"
+        if problem:
+            raise ValueError(f"{self.out / CHECKPOINT} is inconsistent with its run: {problem} "
+                             "(not written by this run's training)")
 
     def checkpoint(self, epoch: int, step: int, order: torch.Tensor | None,
                    tally: _Tally) -> None:
@@ -272,7 +322,7 @@ class _Loop:
             "order": order if order is not None else torch.empty(0, dtype=torch.long),
             "partial": tally.as_list(), "model": self.run.model.state_dict(),
             "guide": self.run.guide.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "rng": rng}, self.out / CHECKPOINT)
+            "rng": rng, "config": dataclasses.asdict(self.config)}, self.out / CHECKPOINT)
         if not (self.out / CONFIG).exists():  # the run exists once config.json follows it
             self.config.save(self.out / CONFIG)
 
@@ -345,8 +395,7 @@ class _Loop:
             epoch, first, order, tally = epoch + 1, 0, None, _Tally()
             self.checkpoint(epoch, 0, None, tally)
             if dist.is_main:
-                (self.out / METRICS).write_text(
-                    json.dumps({"history": self.history}, indent=2) + "\n")
+                write_json(self.out / METRICS, {"history": self.history})
 
     def end_epoch(self, epoch: int, lr: float, tally: _Tally, seconds: float,
                   show: bool) -> None:
