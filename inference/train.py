@@ -198,8 +198,10 @@ def fit(config: TrainConfig | None, out: Path, resume: bool = False,
         run = build_run(config, data)
         optimizer = make_optimizer(run.config, run.model, run.guide, fuse=not dist.active)
         state = load_checkpoint(out / CHECKPOINT) if resume else None
+        loop = _Loop(run, optimizer, dist, out)
         if state is not None:
             load_states(out, state, run, optimizer)
+            loop.check_position(state)
             if dist.is_main and sync_metrics(out, list(state["history"])):
                 print(f"pyro-implicit: {out / METRICS} did not match the checkpoint; rewritten "
                       "from its history", file=sys.stderr)
@@ -208,8 +210,7 @@ def fit(config: TrainConfig | None, out: Path, resume: bool = False,
         # Pyro's argument checks read tensors back (a host-device sync per distribution) and
         # would trip over a NaN before the loop reports it: off while training
         with _stop_requests() as stop, pyro.validation_enabled(False):
-            _Loop(run, optimizer, dist, out).train(
-                state, stop, show=dist.is_main and (progress is None or progress))
+            loop.train(state, stop, show=dist.is_main and (progress is None or progress))
     return run
 
 
@@ -267,10 +268,10 @@ class _Loop:
         self.history: list[dict] = []
 
     def restore(self, state: dict | None) -> tuple[int, int, torch.Tensor | None, _Tally]:
-        """The position (epoch, step, data order, tally) of ``state``, its RNG states set."""
+        """The position (epoch, step, data order, tally) of a checked ``state``
+        (:meth:`check_position`), its RNG states set."""
         if state is None:
             return 0, 0, None, _Tally()
-        self.check_position(state)
         self.history = list(state["history"])
         epoch, step = int(state["epoch"]), int(state["step"])
         order, tally = (state["order"], _Tally(*state["partial"])) if step else (None, _Tally())
