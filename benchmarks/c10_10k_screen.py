@@ -59,7 +59,10 @@ RUNS: dict[str, dict] = {
     "hypernet-normal-thetalr0.0625": _h(theta_lr_scale=0.0625),
     # a diversity-aware objective: the mixture likelihood of 2 draws (2x the step)
     "hypernet-normal-mixture2": _h(z_draws=2, z_draw_mode="mixture"),
+    # the 4-member MAP ensemble of the same protocol (map is member 0): gap-closed reference
+    **{f"map-s{m}": dict(method="map", seed=m) for m in (1, 2, 3)},
 }
+ENSEMBLE = ("map", "map-s1", "map-s2", "map-s3")  # seeds 0-3
 
 
 def config_for(name: str, data: str) -> TrainConfig:

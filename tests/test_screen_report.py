@@ -1,0 +1,44 @@
+"""The screening report's reference scales: gap closed (MAP 0, ensemble 1) and the deep-ensemble
+equivalent interpolated on the MAP member curve."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from c10_10k_screen_report import ensemble_equivalent, gap_closed, summarise  # noqa: E402
+
+CURVE = [0.80, 0.70, 0.66, 0.64]  # NLL of 1..4 averaged MAP members
+
+
+def test_gap_closed_is_zero_at_map_and_one_at_the_ensemble():
+    assert gap_closed(25.4, 25.4, 21.6) == 0
+    assert gap_closed(21.6, 25.4, 21.6) == 1
+    assert gap_closed(23.5, 25.4, 21.6) == pytest.approx(0.5)
+    assert gap_closed(26.0, 25.4, 21.6) < 0
+
+
+def test_ensemble_equivalent_interpolates_and_clamps():
+    assert ensemble_equivalent(0.80, CURVE) == 1
+    assert ensemble_equivalent(0.90, CURVE) == 1  # worse than one member
+    assert ensemble_equivalent(0.75, CURVE) == pytest.approx(1.5)
+    assert ensemble_equivalent(0.66, CURVE) == pytest.approx(3)
+    assert ensemble_equivalent(0.65, CURVE) == pytest.approx(3.5)
+    assert ensemble_equivalent(0.50, CURVE) == 4  # beyond the curve
+
+
+def test_selection_keeps_matched_accuracy_and_ranks_by_nll():
+    def result(x1, x16, nll):
+        return {"samples": {"1": {"error": x1, "nll": nll + 0.1, "ece": 0.02},
+                            "16": {"error": x16, "nll": nll, "ece": 0.02}},
+                "history": [{"seconds": 20.0}]}
+
+    results = {"map": result(0.30, 0.30, 0.90), "a": result(0.305, 0.28, 0.80),
+               "b": result(0.45, 0.40, 0.70), "c": result(0.29, 0.27, 0.85)}
+    curve = {"error": [0.30, 0.28, 0.27, 0.26], "nll": [0.90, 0.82, 0.79, 0.77],
+             "single": {"error": 0.30, "nll": 0.90}}
+    summary = summarise(results, curve, tolerance=1.0)
+    assert summary["selection"] == ["a", "c"]  # b is too inaccurate; map is the reference
+    assert summary["runs"]["a"]["gap_closed"]["error"] == pytest.approx(0.5)
+    assert summary["runs"]["a"]["deep_ensemble_equivalent"] == pytest.approx(2 + 2 / 3)
