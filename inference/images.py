@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
@@ -94,33 +100,63 @@ def _shown(classes: list[str], most: int = 10) -> str:
     return str(classes) if len(classes) <= most else f"{classes[:5]}... ({len(classes)})"
 
 
-def decode(path: Path, crop: int | None = None) -> torch.Tensor:
-    """Decode to RGB uint8 C x H x W; with ``crop``, resized to shorter side 256 (bilinear,
-    antialiased, as torchvision's ``Resize(256)``) and center-cropped to ``crop`` x ``crop``."""
+@contextmanager
+def opened(path: Path) -> Iterator[Image.Image]:
+    """``PIL.Image.open(path)``; any failure to read the image inside the block, a
+    decompression bomb included, is one ValueError naming the file.
+
+    The size limit is PIL's own (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 MP: it warns above it and
+    refuses above twice that), the one users know how to raise; it is far above any training
+    image. A warning turned into an error (``-W error``) is refused the same way.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            if crop is not None:
-                from torchvision.transforms.v2 import functional as TF
-
-                img = TF.center_crop(TF.resize(img, [IMAGENET_RESIZE]), [crop])
-            array = np.asarray(img)
+            yield img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(f"image {path} is too large to decode ({err}); raise "
+                         f"PIL.Image.MAX_IMAGE_PIXELS only if the file is trusted") from None
     except (OSError, UnidentifiedImageError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def to_rgb(img: Image.Image, path: Path) -> Image.Image:
+    """``img`` as 8-bit RGB. 16-bit grayscale (modes ``I;16*``, and ``I`` within 0..65535)
+    keeps its high byte (value >> 8), where ``convert("RGB")`` would clip it to white; float
+    and wider integer pixels are refused."""
+    from PIL import Image
+
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        values = np.asarray(img)
+        if img.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"image {path} has 32-bit integer pixels outside 0..65535: "
+                             f"convert it to 8 or 16 bits")
+        img = Image.fromarray((values >> 8).astype(np.uint8))
+    elif img.mode == "F":
+        raise ValueError(f"image {path} has 32-bit float pixels (mode F): convert it to 8 or "
+                         f"16 bits")
+    return img.convert("RGB")
+
+
+def decode(path: Path, crop: int | None = None) -> torch.Tensor:
+    """Decode to RGB uint8 C x H x W (:func:`to_rgb`); with ``crop``, resized to shorter side
+    256 (bilinear, antialiased, as torchvision's ``Resize(256)``) and center-cropped to ``crop``
+    x ``crop``."""
+    with opened(path) as img:
+        img = to_rgb(img, path)
+        if crop is not None:
+            from torchvision.transforms.v2 import functional as TF
+
+            img = TF.center_crop(TF.resize(img, [IMAGENET_RESIZE]), [crop])
+        array = np.asarray(img)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image, read from its header."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
+    with opened(path) as img:
+        return img.size
 
 
 def decode_all(files: dict[str, list[Path]],

@@ -23,7 +23,7 @@ import pyro
 import torch
 from pyro.nn import PyroModule
 
-from pyro_implicit import BayesianNetwork
+from pyro_implicit import BayesianNetwork, sync_param_store
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
@@ -190,6 +190,7 @@ def build_run(config: TrainConfig, data: ImageData | None = None) -> Run:
         torch.backends.cudnn.benchmark = True
     mean, std = data.channel_stats()
     normalizer = Normalizer(mean, std, data.pad, data.flip, config.device, augment=data.augment)
+    sync_param_store(model, guide, source="modules")  # the run's modules own their parameters
     return Run(config, data, model, guide, normalizer)
 
 
@@ -233,6 +234,7 @@ def load_states(folder: Path, state: dict, run: Run, optimizer=None) -> None:
                              f"{mismatch}")
     run.model.load_state_dict(state["model"])
     run.guide.load_state_dict(state["guide"])
+    sync_param_store(run.model, run.guide, source="modules")
     if optimizer is not None:
         missing = [k for k in ("optimizer", "history", "epoch", "step", "rng") if k not in state]
         if missing:

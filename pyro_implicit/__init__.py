@@ -17,8 +17,17 @@ from .hypernet import HyperNetworks
 from .metrics import classification_metrics
 from .model import BayesianNetwork, WeightSite
 from .objective import ImplicitMAP
-from .posterior import FrozenPosterior, eval_mode, freeze_posterior, model_average, predict_probs
+from .posterior import (
+    FrozenPosterior,
+    eval_mode,
+    freeze_posterior,
+    model_average,
+    predict_probs,
+    sync_param_store,
+)
 from .priors import PRIORS, z_prior
+from .residual import residual_kernels
+from .saving import load, save
 from .strategies import STRATEGIES, group_layers
 
 __version__ = "0.1.0"
@@ -45,8 +54,12 @@ __all__ = [
     "eval_mode",
     "freeze_posterior",
     "group_layers",
+    "load",
     "model_average",
     "predict_probs",
     "recalibrate_bn",
+    "residual_kernels",
+    "save",
+    "sync_param_store",
     "z_prior",
 ]

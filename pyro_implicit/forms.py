@@ -18,7 +18,7 @@ knows an architecture: blocks are the module paths ``model.blocks`` names.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.fx
@@ -27,9 +27,11 @@ from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .model import BayesianNetwork
+from .posterior import FrozenPosterior
 
 FORMS = ("branching", "parallelizing", "widening")
-Weights = Callable[[int], Mapping[str, torch.Tensor]]
+Draw = Mapping[str, torch.Tensor]  # one draw's generated kernels, keyed by site name
+Weights = FrozenPosterior | Sequence[Draw] | Callable[[int], Draw]
 
 
 def check_form(name: str) -> str:
@@ -161,18 +163,38 @@ def _block_module(net: nn.Module, block: str) -> nn.Module:
                          f"is not a submodule of {type(net).__name__}") from err
 
 
+def _draws(weights: Weights, count: int, form: str, n: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``count`` draws of ``weights``, whichever of the accepted kinds it is."""
+    if isinstance(weights, FrozenPosterior):  # a guide (callable) itself: test it first
+        available, draw = len(weights), weights.sample_weights
+    elif isinstance(weights, Sequence):
+        available, draw = len(weights), weights.__getitem__
+    elif callable(weights):
+        available, draw = count, weights
+    else:
+        raise TypeError("weights must be a FrozenPosterior, a list of draws (site name -> "
+                        f"kernel) or a function m -> draw m; got {type(weights).__name__}")
+    if available < count:
+        raise ValueError(f"{form} with n={n} needs {count} draws "
+                         f"(draws_needed), got {available}")
+    return [dict(draw(m)) for m in range(count)]
+
+
 def assemble(model: BayesianNetwork, weights: Weights, n: int, form: str) -> nn.Module:
     """A plain network averaging ``n`` draws in ``form`` ("parallelizing" or "widening").
 
-    ``weights(m)`` returns the generated kernels of draw m (site name -> tensor) and is called
-    for m < ``draws_needed(form, n)``. BatchNorm statistics are copied from ``model.net``:
-    recalibrate them for the assembled network before use (see :func:`recalibrate_bn`).
+    ``weights`` gives the draws (generated kernels, site name -> tensor): a
+    :class:`~pyro_implicit.FrozenPosterior`, a list of draws (e.g. ``guide.weights(z)`` for
+    several z), or a function ``m -> draw m``; the first ``draws_needed(form, n)`` are used.
+    BatchNorm statistics are copied from ``model.net`` (a frozen posterior's per-draw statistics
+    belong to single networks): recalibrate them for the assembled network before use (see
+    :func:`recalibrate_bn`).
     """
     if check_form(form) == "branching":
         raise ValueError("branching averages whole networks: use predict_probs / Predictive")
     if n < 1:
         raise ValueError(f"the number of averaged draws must be >= 1, got {n}")
-    draws = [dict(weights(m)) for m in range(draws_needed(form, n))]
+    draws = _draws(weights, draws_needed(form, n), form, n)
     for m, draw in enumerate(draws):
         missing = [s.name for s in model.sites if s.name not in draw]
         if missing:

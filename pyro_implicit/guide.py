@@ -88,6 +88,10 @@ class ImplicitGuide(GuideContract, PyroModule):
         anchor_seed: int = 0,
     ):
         super().__init__()
+        if not isinstance(model, BayesianNetwork):
+            raise TypeError(f"ImplicitGuide needs the Pyro model, a BayesianNetwork, got "
+                            f"{type(model).__name__}: wrap the network first, "
+                            f"model = BayesianNetwork(net, num_data)")
         check_location_scale(z_loc, z_scale)
         if not model.sites:
             raise ValueError("the model has no generated weight sites to put a hypernetwork on")

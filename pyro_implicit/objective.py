@@ -16,7 +16,11 @@ from collections.abc import Callable, Iterable
 
 import pyro.poutine as poutine
 import torch
+from pyro.distributions import MaskedDistribution
+from pyro.poutine.util import site_is_subsample
 from torch import nn
+
+from .model import BayesianNetwork, check_site_shape
 
 
 def unique_parameters(*modules: Callable) -> list[torch.nn.Parameter]:
@@ -68,6 +72,39 @@ def observed_site(model_trace) -> dict:
         raise ValueError(f"the mixture objective needs one observed site, the model has "
                          f"{len(sites)}: pass labels, or use draws=1 / mode='groups'")
     return sites[0]
+
+
+def check_guide_values(model, guide_trace) -> None:
+    """The shape check of a :class:`BayesianNetwork`'s sites on the guide's values, made before
+    the model runs under Pyro's trace (which appends its shape dump to a ValueError)."""
+    if not isinstance(model, BayesianNetwork):
+        return
+    for site in model.sites:
+        node = guide_trace.nodes.get(site.name)
+        if node is not None:
+            check_site_shape(site.name, node["value"], site.shape)
+
+
+def check_sites_match(guide_trace, model_trace) -> None:
+    """Raise one ValueError if the guide samples sites the model lacks, or leaves latent sites
+    of the model to their prior (masked-out defaults such as BN statistics aside): a guide
+    built for another model."""
+    guide_sites = [name for name, site in guide_trace.nodes.items()
+                   if site["type"] == "sample" and not site["infer"].get("is_auxiliary")]
+    model_sites = {name: site for name, site in model_trace.nodes.items()
+                   if site["type"] == "sample" and not site["is_observed"]
+                   and not site_is_subsample(site)}
+    extra = [name for name in guide_sites if name not in model_sites]
+    unfilled = [name for name, site in model_sites.items() if name not in guide_sites
+                and not (isinstance(site["fn"], MaskedDistribution) and site["fn"]._mask is False)]
+    problems = [f"{what.format(len(names))} ({', '.join(map(repr, names[:3]))}"
+                f"{', ...' if len(names) > 3 else ''})"
+                for what, names in (("samples {} site(s) the model lacks", extra),
+                                    ("leaves {} of the model's site(s) to the prior", unfilled))
+                if names]
+    if problems:
+        raise ValueError(f"the guide does not match the model: it {' and '.join(problems)}; it "
+                         f"was built for another model, build it from this one")
 
 
 class GaussianPrior:
@@ -125,8 +162,10 @@ class ImplicitMAP(GaussianPrior):
     def traces(self, model, guide, *args, **kwargs):
         """One guide draw (one z for the whole mini-batch) and the model replayed on it."""
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        check_guide_values(model, guide_trace)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs)
+        check_sites_match(guide_trace, model_trace)
         return guide_trace, model_trace
 
     def loss_and_logits(self, model, guide, *args, likelihood_weight: float = 1.0,
@@ -134,8 +173,11 @@ class ImplicitMAP(GaussianPrior):
         """The differentiable loss and the model's ``logits`` site (for training accuracy).
 
         ``likelihood_weight`` multiplies the data term only (data-parallel training uses it to
-        weight unequal shards of a global batch).
+        weight unequal shards of a global batch). A :class:`BayesianNetwork`'s inputs are
+        checked first, outside Pyro's trace.
         """
+        if isinstance(model, BayesianNetwork):
+            model.check_inputs(*args, **kwargs)
         if self.draws == 1:
             _, model_trace = self.traces(model, guide, *args, **kwargs)
             log_lik, num_data = data_log_likelihood(model_trace)

@@ -3,7 +3,8 @@
 Works on any :class:`~pyro_implicit.BayesianNetwork` and guide: an implicit (hypernetwork)
 posterior gives as many draws as asked, a point estimate one draw, and an ensemble of
 independently trained networks one draw per member. ``pyro_implicit.inference.analyze`` builds
-all of it from run folders (``pyro-implicit analyze RUN --out DIR``).
+all of it from run folders (``pyro-implicit analyze RUN --out DIR``);
+:func:`posterior_inference_data` from a model and guide in memory, in one call.
 
 InferenceData layout (:func:`to_inference_data`; every group has one chain, ``chain = [0]``):
 
@@ -33,9 +34,11 @@ averaging ~16). Run metadata is in each group's ``attrs``.
 from .calibration import averaging_curve, averaging_sizes, reliability
 from .diversity import disagreement, disagreement_matrix, fault_table, predictions
 from .export import (
+    DRAWS,
     draw_probs,
     observed_labels,
     pair_correlations,
+    posterior_inference_data,
     stacked,
     to_inference_data,
     weight_correlations,
@@ -55,6 +58,7 @@ from .weights import (
 )
 
 __all__ = [
+    "DRAWS",
     "PAIR_KINDS",
     "WeightLayout",
     "WeightRef",
@@ -74,6 +78,7 @@ __all__ = [
     "plot_averaging",
     "plot_reliability",
     "plot_weight_pairs",
+    "posterior_inference_data",
     "predictions",
     "reliability",
     "select_weights",

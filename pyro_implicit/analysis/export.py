@@ -3,22 +3,32 @@ readers that turn one back into the arrays the other analysis functions take."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import SimpleNamespace
 
 import arviz as az
 import numpy as np
 import torch
 import xarray as xr
 
+from ..guide import PosteriorGuide
+from ..model import BayesianNetwork, batchnorm_layers
+from ..posterior import FrozenPosterior, eval_mode, freeze_posterior, sample_logits
 from .weights import (
     PAIR_KINDS,
+    WeightLayout,
+    WeightRef,
     WeightSelection,
     abs_correlations,
+    draw_weights,
     independent_level,
     mean_abs_correlation,
+    select_weights,
 )
 
 EPS = 1e-12  # probability floor of the log-likelihood, as in pyro_implicit.metrics.nll
+DRAWS = 256  # posterior_inference_data's default: enough for stable PSIS-LOO (docs/analysis.md)
 
 
 def _chained(values, dims: Sequence[str], coords: Mapping) -> xr.DataArray:
@@ -51,23 +61,23 @@ def to_inference_data(
     true ``labels`` (n,) and class names ``classes``. ``attrs`` are stored on every group.
     """
     groups: dict[str, xr.Dataset] = {}
+    posterior: dict[str, xr.DataArray] = {}
     if weights is not None:
         if selection is None:
             raise ValueError("weights need the selection that names them")
-        w = _chained(weights, ("weight",), {"weight": selection.labels,
-                                            "site": ("weight", [r.site for r in selection.refs]),
-                                            "block": ("weight", list(selection.blocks))})
-        posterior = {"w": w}
-        if latents is not None:
-            latents = np.asarray(latents)
-            names = list(z_groups) if z_groups is not None else list(range(latents.shape[1]))
-            posterior["z"] = _chained(latents, ("z_group", "z_dim"),
-                                      {"z_group": names, "z_dim": np.arange(latents.shape[2])})
-        groups["posterior"] = xr.Dataset(posterior)
+        posterior["w"] = _chained(weights, ("weight",), {
+            "weight": selection.labels, "site": ("weight", [r.site for r in selection.refs]),
+            "block": ("weight", list(selection.blocks))})
         pairs = np.concatenate([selection.pairs[k] for k in PAIR_KINDS])
         kinds = [k for k in PAIR_KINDS for _ in range(len(selection.pairs[k]))]
         groups["constant_data"] = xr.Dataset(
             {"pairs": (("pair", "end"), pairs)}, coords={"kind": ("pair", kinds)})
+    if latents is not None:
+        names = list(z_groups) if z_groups is not None else list(range(latents.shape[1]))
+        posterior["z"] = _chained(latents, ("z_group", "z_dim"),
+                                  {"z_group": names, "z_dim": np.arange(latents.shape[2])})
+    if posterior:
+        groups["posterior"] = xr.Dataset(posterior)
     if probs is not None:
         if labels is None:
             raise ValueError("probabilities of a test set need its labels")
@@ -84,10 +94,69 @@ def to_inference_data(
                            coords)})
         groups["observed_data"] = xr.Dataset({"y": ("test_point", labels)}, coords=coords)
     if not groups:
-        raise ValueError("nothing to export: give weights and/or probs")
+        raise ValueError("nothing to export: give weights, latents and/or probs")
     for ds in groups.values():
         ds.attrs.update({k: _attr(v) for k, v in (attrs or {}).items()})
     return az.InferenceData(**groups)
+
+
+@torch.no_grad()
+def posterior_inference_data(
+    model: BayesianNetwork,
+    posterior: PosteriorGuide | FrozenPosterior,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_draws: int | None = None,
+    batches: Callable[[], Iterable[torch.Tensor]] | None = None,
+    num_batches: int | None = None,
+    weights: Iterable[str | WeightRef] = (),
+    num_pairs: int = 100,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+    batch_size: int = 256,
+) -> az.InferenceData:
+    """The InferenceData of a posterior on test data ``x``, ``y`` in one call, ready for
+    ``az.waic`` / ``az.loo``: posterior, posterior_predictive, log_likelihood, observed_data.
+
+    ``posterior`` is a guide, from which ``num_draws`` draws are taken (default ``DRAWS``; one
+    for a point estimate) with BN statistics recalibrated per draw over ``batches()`` (training
+    inputs, ``num_batches`` of them, all by default; see :func:`~pyro_implicit.freeze_posterior`),
+    or a :class:`~pyro_implicit.FrozenPosterior`, whose draws and statistics are used as they
+    are. The posterior group holds each draw's z (guides with z groups) and the values of the
+    named ``weights`` plus ``num_pairs`` random within- and across-block pairs drawn with
+    ``seed`` (``constant_data``, for :func:`weight_correlations`). Every group's draw d is
+    posterior draw d; the layout is :func:`to_inference_data`'s.
+    """
+    frozen = posterior if isinstance(posterior, FrozenPosterior) else None
+    if frozen is not None and (num_draws is not None or batches is not None):
+        raise ValueError("a frozen posterior has its draws and BN statistics: num_draws and "
+                         "batches are for guides")
+    guide = posterior if frozen is None else frozen.guide
+    weights = list(weights)
+    selection = (select_weights(WeightLayout.of(model), num_pairs, weights, seed)
+                 if num_pairs or weights else None)
+    has_z = guide.z_groups is not None and not guide.is_point
+    if selection is None and not has_z:
+        raise ValueError(f"{type(guide).__name__} has no z groups: name weights or ask for "
+                         "num_pairs > 0 so that the posterior group has variables")
+    if frozen is None:
+        if batches is None and batchnorm_layers(model.net) and not guide.is_point:
+            warnings.warn("no training batches: every draw uses the network's own BN "
+                          "statistics; pass batches= to recalibrate them per draw",
+                          stacklevel=2)
+        count = 1 if guide.is_point else DRAWS if num_draws is None else num_draws
+        frozen = freeze_posterior(model, guide, count, batches, num_batches)
+    values = None
+    if selection is not None:  # a guide replaying the frozen latents, in order
+        replay = SimpleNamespace(is_point=False, sample_latent=iter(frozen.latents).__next__,
+                                 weights=guide.weights)
+        values, _ = draw_weights(model, replay, selection.refs, len(frozen))
+    with eval_mode(model):
+        probs = torch.stack([
+            torch.cat([sample_logits(model, frozen, i, xb).softmax(-1).cpu()
+                       for xb in x.split(batch_size)]) for i in range(len(frozen))])
+    return to_inference_data(selection, values, frozen.latents if has_z else None,
+                             guide.z_groups, probs, y.cpu(), classes)
 
 
 def stacked(data: xr.DataArray) -> np.ndarray:
