@@ -81,11 +81,15 @@ def fit_members(config: TrainConfig, out: Path, progress: bool | None,
     return ensemble
 
 
+MEAN_KEYS = ("loss", "train_error", "prior")  # averaged over members (prior: absent in old runs)
+
+
 def combined_history(out: Path, members: int) -> list[dict]:
-    """Per epoch: the members' mean loss and training error and the sum of their epoch times."""
+    """Per epoch: the members' mean loss, training error and prior term, and the sum of their
+    epoch times."""
     histories = [history(out / MEMBERS / str(m)) for m in range(members)]
     return [{"epoch": epochs[0]["epoch"], "lr": epochs[0]["lr"],
-             "loss": statistics.fmean(e["loss"] for e in epochs),
-             "train_error": statistics.fmean(e["train_error"] for e in epochs),
+             **{key: statistics.fmean(e[key] for e in epochs) for key in MEAN_KEYS
+                if all(key in e for e in epochs)},
              "seconds": sum(e["seconds"] for e in epochs)}
             for epochs in zip(*histories, strict=True)]

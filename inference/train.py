@@ -392,25 +392,29 @@ class _Loop:
                         f"stopped in epoch {epoch + 1} after step {step + 1}; checkpoint "
                         f"written: continue with `pyro-implicit train --resume {self.out}`")
             bar.close()
-            self.end_epoch(epoch, lr, tally, time.perf_counter() - t0, show)
+            self.end_epoch(epoch, lr, tally, time.perf_counter() - t0, show,
+                           loss_fn.prior_value(self.run.model, self.run.guide))
             epoch, first, order, tally = epoch + 1, 0, None, _Tally()
             self.checkpoint(epoch, 0, None, tally)
             if dist.is_main:
                 write_json(self.out / METRICS, {"history": self.history})
 
-    def end_epoch(self, epoch: int, lr: float, tally: _Tally, seconds: float,
-                  show: bool) -> None:
-        """Add the epoch's record (summed over ranks) to the history, and print it."""
+    def end_epoch(self, epoch: int, lr: float, tally: _Tally, seconds: float, show: bool,
+                  prior: float) -> None:
+        """Add the epoch's record (summed over ranks) to the history, and print it: ``loss``
+        is the objective without the Gaussian prior (SGD's weight decay applies it; the NLL
+        per image for MAP and the hypernet), ``prior`` that term at the epoch's end."""
         totals = torch.tensor([tally.loss, tally.correct, tally.seen], dtype=torch.float64)
         if self.dist.active:
             torch.distributed.all_reduce(totals)
         record = {"epoch": epoch + 1, "lr": lr, "loss": (totals[0] / totals[2]).item(),
-                  "train_error": 1 - (totals[1] / totals[2]).item(), "seconds": seconds}
+                  "train_error": 1 - (totals[1] / totals[2]).item(), "seconds": seconds,
+                  "prior": prior}
         self.history.append(record)
         if show:
             tqdm.write(f"epoch {record['epoch']}/{self.config.epochs}: loss "
-                       f"{record['loss']:.4f} train error {record['train_error']:.4f} lr {lr:g} "
-                       f"({record['seconds']:.1f}s)")
+                       f"{record['loss']:.4f} (+ prior {prior:.4f}) train error "
+                       f"{record['train_error']:.4f} lr {lr:g} ({record['seconds']:.1f}s)")
 
 
 def _resident(x: torch.Tensor, device: str) -> torch.Tensor:

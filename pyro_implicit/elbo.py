@@ -147,8 +147,10 @@ class WeightSpaceELBO(GaussianPrior):
         log_lik, num_data = data_log_likelihood(model_trace)
         kl = self.kl(guide_trace, model_trace).to(log_lik.device)
         loss = (self.kl_weight * kl - likelihood_weight * log_lik) / num_data
-        loss = loss + self.prior_term(model, guide, loss.device)
-        return loss, model_trace.nodes["logits"]["value"]
+        prior = self.prior_term(model, guide, loss.device)
+        self._record(data=-likelihood_weight * log_lik.detach() / num_data,
+                     kl=self.kl_weight * kl.detach() / num_data, prior=prior)
+        return loss + prior, model_trace.nodes["logits"]["value"]
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self.loss_and_logits(model, guide, *args, **kwargs)[0]

@@ -116,10 +116,16 @@ class GaussianPrior:
     weight_decay * phi inside its own update, instead of an extra read of every parameter in
     the loss and two more in its backward (the hypernetworks' output layers are 2.3 GB for
     WRN-28-10). ``pyro-implicit train`` does this.
+
+    After each call, ``terms`` holds the loss's parts as detached tensors: ``data`` (the
+    negative log-likelihood per datum), ``prior`` (the term above; 0 when the optimiser applies
+    it) and, for ELBOs, ``kl`` (the weighted KL per datum). The prior of a large network can
+    dwarf the data term in the total; print ``terms`` to see the fit.
     """
 
     weight_decay: float
     decay_in_optimizer: bool = False
+    terms: dict[str, torch.Tensor] | None = None
 
     def decayed_parameters(self, model, guide) -> list[torch.nn.Parameter]:
         """The parameters under the prior: those of the model and the guide."""
@@ -131,6 +137,16 @@ class GaussianPrior:
             return 0.0
         params = self.decayed_parameters(model, guide)
         return 0.5 * self.weight_decay * squared_norm(params).to(device)
+
+    @torch.no_grad()
+    def prior_value(self, model, guide) -> float:
+        """The prior term's value now, also when the optimiser applies it (for reporting)."""
+        if not self.weight_decay:
+            return 0.0
+        return 0.5 * self.weight_decay * squared_norm(self.decayed_parameters(model, guide)).item()
+
+    def _record(self, **terms: torch.Tensor | float) -> None:
+        self.terms = {k: torch.as_tensor(v).detach() for k, v in terms.items()}
 
 
 DRAW_MODES = ("groups", "mixture")
@@ -187,8 +203,9 @@ class ImplicitMAP(GaussianPrior):
         else:
             data_term, logits = self._mixture(model, guide, *args, **kwargs)
         loss = -likelihood_weight * data_term
-        loss = loss + self.prior_term(model, guide, loss.device)
-        return loss, logits
+        prior = self.prior_term(model, guide, loss.device)
+        self._record(data=loss, prior=prior)
+        return loss + prior, logits
 
     def _groups(self, model, guide, x: torch.Tensor, *rest: torch.Tensor, **kwargs):
         """Mean log-likelihood per datum over K groups of the batch, one z draw each."""

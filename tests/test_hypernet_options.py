@@ -195,3 +195,27 @@ def test_holdout_is_the_last_files_of_each_class_and_never_the_training_subset(t
         imagefolder_holdout(f"imagefolder:{root}", 4, train_subset=21)
     with pytest.raises(ValueError, match="needs a train_subset"):
         imagefolder_holdout(f"imagefolder:{root}", 3)
+
+
+def test_losses_report_their_data_and_prior_terms_apart():
+    model, guide = tiny_model()
+    x, y = tiny_batch(8)
+    loss_fn = ImplicitMAP(weight_decay=5e-4)
+    total = loss_fn(model, guide, x, y)
+    terms = loss_fn.terms
+    assert torch.allclose(total, terms["data"] + terms["prior"])
+    assert terms["prior"] == pytest.approx(loss_fn.prior_value(model, guide))
+    assert not terms["data"].requires_grad and terms["data"] > 0
+
+
+def test_train_records_the_prior_term_beside_the_loss(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--train-subset", "60", "--epochs", "2",
+                 "--batch-size", "32", "--model", "wrn-10-1", "--z-dim", "4", "--h-dim", "4",
+                 "--out", str(out)]) == 0
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert all(h["prior"] > 0 for h in history)
+    printed = capsys.readouterr()
+    assert "(+ prior" in printed.out + printed.err
