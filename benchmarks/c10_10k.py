@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import run_and_evaluate  # noqa: E402
+from runner import driver_arguments, run_and_evaluate  # noqa: E402
 
 from pyro_implicit.inference import TrainConfig  # noqa: E402
 from pyro_implicit.inference.ensemble import MEMBERS, member_config  # noqa: E402
@@ -105,22 +105,14 @@ def link_members(name: str, config: TrainConfig, runs: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", nargs="+", metavar="NAME", help=f"run these only: {', '.join(RUNS)}")
-    p.add_argument("--list", action="store_true", help="print the run names and exit")
-    p.add_argument("--data", default=C10_10K["data"])
-    p.add_argument("--runs", type=Path, default=Path("runs/c10-10k"))
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results/c10-10k"))
-    p.add_argument("--bn-batches", type=int, default=None,
-                   help="BN recalibration batches per sample (default: the whole subset)")
-    args = p.parse_args()
-    if args.list:
-        print("\n".join(RUNS))
+    def bn_batches(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bn-batches", type=int, default=None,
+                       help="BN recalibration batches per sample (default: the whole subset)")
+
+    p, args, names = driver_arguments(__doc__.splitlines()[0], list(RUNS), C10_10K["data"],
+                                      "c10-10k", bn_batches)
+    if names is None:
         return
-    names = args.only or list(RUNS)
-    unknown = [n for n in names if n not in RUNS]
-    if unknown:
-        p.error(f"unknown run(s) {unknown}; valid: {', '.join(RUNS)}")
     for name in names:
         _, evaluations = RUNS[name]
         evaluations = {suffix: {"samples": SAMPLES, "bn_batches": args.bn_batches, **kwargs}

@@ -19,12 +19,11 @@ Then:  python benchmarks/c10_10k_screen_report.py
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import run_and_evaluate  # noqa: E402
+from runner import driver_arguments, run_and_evaluate  # noqa: E402
 
 from pyro_implicit.inference import TrainConfig  # noqa: E402
 from pyro_implicit.inference.data import imagefolder_holdout  # noqa: E402
@@ -87,20 +86,10 @@ def validation_evaluator(data: str, train_subset: int):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", nargs="+", metavar="NAME", help=f"run these only: {', '.join(RUNS)}")
-    p.add_argument("--list", action="store_true", help="print the run names and exit")
-    p.add_argument("--data", default=C10_10K["data"])
-    p.add_argument("--runs", type=Path, default=Path("runs/c10-10k-screen"))
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results/c10-10k-screen"))
-    args = p.parse_args()
-    if args.list:
-        print("\n".join(RUNS))
+    _, args, names = driver_arguments(__doc__.splitlines()[0], list(RUNS), C10_10K["data"],
+                                      "c10-10k-screen")
+    if names is None:
         return
-    names = args.only or list(RUNS)
-    unknown = [n for n in names if n not in RUNS]
-    if unknown:
-        p.error(f"unknown run(s) {unknown}; valid: {', '.join(RUNS)}")
     for name in names:
         config_for(name, args.data).validate()  # every bad run refused before any work
     evaluator = validation_evaluator(args.data, C10_10K["train_subset"])

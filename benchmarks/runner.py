@@ -9,10 +9,11 @@ result too: its JSON records the divergence and the epochs before it, and the dr
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pyro_implicit.inference import TrainConfig
@@ -71,3 +72,29 @@ def run_and_evaluate(name: str, config: TrainConfig, runs: Path, results: Path,
         print(f"{name}{suffix}: " + (f"diverged: {diverged}" if diverged else ", ".join(
             f"x{n} {100 * m['error']:.2f}%" for n, m in result["samples"].items())), flush=True)
     return out
+
+
+def driver_arguments(description: str, runs: Sequence[str], data: str, folder: str,
+                     extra: Callable[[argparse.ArgumentParser], None] | None = None
+                     ) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str] | None]:
+    """A driver's command line: ``--only NAME ...``, ``--list``, ``--data``, ``--runs``
+    (default ``runs/FOLDER``), ``--results`` (``benchmarks/results/FOLDER``) and ``extra``
+    flags; the run names to do, or None after ``--list`` printed them. An unknown name is one
+    argparse error line."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--only", nargs="+", metavar="NAME", help=f"run these only: {', '.join(runs)}")
+    p.add_argument("--list", action="store_true", help="print the run names and exit")
+    p.add_argument("--data", default=data)
+    p.add_argument("--runs", type=Path, default=Path("runs") / folder)
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results") / folder)
+    if extra is not None:
+        extra(p)
+    args = p.parse_args()
+    if args.list:
+        print("\n".join(runs))
+        return p, args, None
+    names = args.only or list(runs)
+    unknown = [n for n in names if n not in runs]
+    if unknown:
+        p.error(f"unknown run(s) {unknown}; valid: {', '.join(runs)}")
+    return p, args, names

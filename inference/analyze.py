@@ -162,6 +162,7 @@ def analyze(
     values, probs = [], []
     for run in runs:
         pyro.set_rng_seed(seed)
+        run.own_param_store()
         w, latents = draw_weights(run.model, run.guide, selection.refs, 1 if ensemble else draws)
         values.append(w)
         if predictive_draws:

@@ -93,6 +93,7 @@ def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int
     passes and the test batches are shared among the ranks.
     """
     unique = 1 if run.guide.is_point else num_draws  # nothing latent: one evaluation
+    run.own_param_store()
     posterior = freeze_posterior(run.model, run.guide, unique, run.train_inputs, bn_batches,
                                  progress=progress, distributed=dist.active)
     probs = torch.zeros(unique, len(test_x), run.data.num_classes, dtype=torch.float64)

@@ -125,6 +125,11 @@ class Run:
                                pin=cuda, order=order):
             yield self.normalizer(x)
 
+    def own_param_store(self) -> None:
+        """Point Pyro's global param store at this run's parameters: several runs in one
+        process share it by parameter name, and the last one built would own it."""
+        sync_param_store(self.model, self.guide, source="modules")
+
 
 def is_run(folder: Path | str) -> bool:
     """Whether ``folder`` holds a run (its ``config.json``)."""

@@ -56,7 +56,8 @@ def test_train_inputs_never_crash_or_leave_half_a_run(folder, tmp_path, capsys, 
     err = capsys.readouterr().err
     if broken is None:
         assert code == 0, err
-        assert {p.name for p in out.iterdir()} == {"config.json", "checkpoint.pt", "metrics.json"}
+        assert {p.name for p in out.iterdir()} == {"config.json", "checkpoint.pt", "metrics.json",
+                                                   ".lock"}  # the (released) write lock
     else:
         assert code == 2, (broken, argv)
         assert "Traceback" not in err
