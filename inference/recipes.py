@@ -5,7 +5,10 @@ A recipe is a source (the table or figure of Ukai et al. 2019 it reproduces), a 
 and a set of TrainConfig values; everything else keeps TrainConfig's defaults, which are the
 paper's optimiser and schedule (WideResNet's CIFAR recipe: SGD, Nesterov 0.9, batch 128, lr 0.1
 x 0.2 at 40/60/80 % of the epochs, weight decay 5e-4) and hypernetwork (all-in-one, p(z) =
-N(0, 1), z_dim = h_dim = 16: the paper uses 16 or 32 without tying either to a table).
+N(0, 1), z_dim = h_dim = 16). Each ``paper-*`` recipe then takes the prior, z_dim = h_dim and
+strategy of its table in the paper's "settings per experiment": U(0,1) for Tables I and III,
+32 for PyramidNet, SVHN and ResNet-50, N(0,1) for the strategies of Fig. 6, U(0,1) for their
+correlations (Sec. 5.6).
 Recipes are generated from a few settings (network, data, schedule) crossed with hypernetwork
 variants and the baselines of each setting (``-map``; ``-ensemble``: 16 MAP networks, as the
 paper's ensembles), never copy-pasted.
@@ -83,29 +86,37 @@ _MAP = ("MAP baseline", "the plain network, weight decay on every parameter (MAP
         {"method": "map"})
 _ENSEMBLE = ("MAP-ensemble baseline", f"{PAPER_ENSEMBLE} independently trained MAP networks",
              {"method": "ensemble", "members": PAPER_ENSEMBLE, "member_method": "map"})
+Z32 = {"z_dim": 32, "h_dim": 32}  # the paper's z_dim = h_dim for PyramidNet, SVHN, ResNet-50
 _SETTINGS = [
     ("paper-wrn28-10-c10", "Table I", {**CIFAR10, "model": "wrn-28-10", "epochs": 800},
-     {"": ("Table I", "WRN-28-10 on CIFAR-10, hypernet all-in-one N(0,1), 800 epochs", {})},
+     {"": ("Table I", "WRN-28-10 on CIFAR-10, hypernet all-in-one U(0,1), 800 epochs",
+           {"prior": "uniform01"})},
      {"map": _MAP, "ensemble": _ENSEMBLE}),
     ("paper-resnext29-8x64d-c10", "Table I",
      {**CIFAR10, "model": "resnext-29-8x64d", "epochs": 900},
-     {"": ("Table I", "ResNeXt-29 (8x64d) on CIFAR-10, hypernet all-in-one N(0,1), 900 epochs",
-           {})},
+     {"": ("Table I", "ResNeXt-29 (8x64d) on CIFAR-10, hypernet all-in-one U(0,1), 900 epochs",
+           {"prior": "uniform01"})},
      {"map": _MAP, "ensemble": _ENSEMBLE}),
     ("paper-pyramidnet110-48-c10", "Table I",
      {**CIFAR10, "model": "pyramidnet-110-48", "epochs": 600},
-     {"": ("Table I", "PyramidNet-110 (alpha 48) on CIFAR-10, hypernet all-in-one N(0,1), "
-                      "600 epochs", {})},
+     {"": ("Table I", "PyramidNet-110 (alpha 48) on CIFAR-10, hypernet all-in-one U(0,1), "
+                      "z_dim = h_dim = 32, 600 epochs", {"prior": "uniform01", **Z32})},
      {"map": _MAP, "ensemble": _ENSEMBLE}),
+    # z_dim = h_dim is not stated for WRN-28-4: 16, the paper's other value
     ("paper-wrn28-4-c10", "Fig. 7 / Tables IV-V",
      {**CIFAR10, "model": "wrn-28-4", "epochs": 800},
-     {**{f"-{prior}": ("Fig. 7 / Tables IV-V",
+     {**{f"-{prior}": ("Table IV / Table V / Fig. 7" if prior == "normal"
+                       else "Table V / Fig. 7",
                        f"WRN-28-4 on CIFAR-10, hypernet all-in-one, p(z) = {law}, 800 epochs",
                        {"prior": prior}) for prior, law in PRIOR_NAMES.items()},
-      # the strategies are compared on weight correlations, measured with p(z) = U(0,1)
-      **{f"-{name}": ("Fig. 6", f"WRN-28-4 on CIFAR-10, hypernet {strategy} U(0,1), 800 epochs",
-                      {"strategy": strategy, "prior": "uniform01"})
-         for name, strategy in (("blockwise", "block-wise"), ("layerwise", "layer-wise"))}},
+      # Fig. 6 compares the strategies under N(0,1); Sec. 5.6 measures their weight
+      # correlations under U(0,1) (all-in-one U(0,1) is -uniform01)
+      **{f"-{name}{suffix}": (source, f"WRN-28-4 on CIFAR-10, hypernet {strategy} "
+                                      f"{PRIOR_NAMES[prior]}, 800 epochs",
+                              {"strategy": strategy, "prior": prior})
+         for name, strategy in (("blockwise", "block-wise"), ("layerwise", "layer-wise"))
+         for suffix, prior, source in (("", "normal", "Fig. 6"),
+                                       ("-uniform01", "uniform01", "Sec. 5.6"))}},
      {"map": ("Fig. 7 (MAP)", _MAP[1], _MAP[2]),
       "ensemble": ("Table IV (MAP ensemble)", _ENSEMBLE[1], _ENSEMBLE[2]),
       "mle-ensemble": ("Table IV (MLE ensemble)",
@@ -114,12 +125,14 @@ _SETTINGS = [
                         "member_method": "mle"})}),
     ("paper-wrn16-4-svhn", "Table II", {**SVHN, "model": "wrn-16-4"},
      {f"-{prior}": ("Table II", f"WRN-16-4 on SVHN (WideResNet's SVHN recipe), hypernet "
-                                f"all-in-one {PRIOR_NAMES[prior]}, 160 epochs", {"prior": prior})
+                                f"all-in-one {PRIOR_NAMES[prior]}, z_dim = h_dim = 32, "
+                                "160 epochs", {"prior": prior, **Z32})
       for prior in ("uniform01", "normal")},
      {"map": _MAP, "ensemble": _ENSEMBLE}),
     ("paper-resnet50-imagenet", "Table III", IMAGENET,
      {"": ("Table III", "ResNet-50 on ImageNet (--data imagenet:PATH), hypernet all-in-one "
-                        "N(0,1), the standard 90-epoch schedule", {})},
+                        "U(0,1), z_dim = h_dim = 32, the standard 90-epoch schedule",
+           {"prior": "uniform01", **Z32})},
      {"map": _MAP, "ensemble": _ENSEMBLE}),
     ("c10-10k", "reproduction protocol (CPU-sized)", C10_10K,
      {"": ("reproduction protocol (CPU-sized)", "wrn-16-2 on a class-balanced 10k subset of "

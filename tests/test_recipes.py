@@ -76,8 +76,8 @@ def test_recipes_carry_the_papers_settings():
     cifar = c["paper-wrn28-10-c10"]
     assert (cifar.model, cifar.epochs, cifar.data, cifar.method) == ("wrn-28-10", 800, "cifar10",
                                                                      "hypernet")
-    assert (cifar.strategy, cifar.prior, cifar.z_dim, cifar.h_dim) == ("all-in-one", "normal",
-                                                                       16, 16)
+    assert (cifar.strategy, cifar.prior, cifar.z_dim, cifar.h_dim) == ("all-in-one",
+                                                                       "uniform01", 16, 16)
     assert (cifar.lr, cifar.milestones, cifar.gamma, cifar.weight_decay, cifar.batch_size,
             cifar.momentum, cifar.nesterov) == (0.1, [0.4, 0.6, 0.8], 0.2, 5e-4, 128, 0.9, True)
     assert c["paper-resnext29-8x64d-c10"].epochs == 900
@@ -107,6 +107,37 @@ def test_recipes_carry_the_papers_settings():
         assert c[f"{base}-ensemble"].method == "ensemble"
         assert c[f"{base}-ensemble"].members == (4 if base == "c10-10k" else 16)
     assert c["paper-wrn28-4-c10-mle-ensemble"].member_method == "mle"
+
+
+# The paper's "settings per experiment" (../shared/paper.md), table by table: recipe ->
+# (network, strategy, p(z), z_dim = h_dim, epochs); None where a schedule is "standard".
+PAPER_TABLE = {
+    "paper-wrn28-10-c10": ("wrn-28-10", "all-in-one", "uniform01", 16, 800),  # Table I
+    "paper-resnext29-8x64d-c10": ("resnext-29-8x64d", "all-in-one", "uniform01", 16, 900),
+    "paper-pyramidnet110-48-c10": ("pyramidnet-110-48", "all-in-one", "uniform01", 32, 600),
+    "paper-wrn16-4-svhn-uniform01": ("wrn-16-4", "all-in-one", "uniform01", 32, None),  # II
+    "paper-wrn16-4-svhn-normal": ("wrn-16-4", "all-in-one", "normal", 32, None),
+    "paper-resnet50-imagenet": ("resnet-50", "all-in-one", "uniform01", 32, None),  # III
+    **{f"paper-wrn28-4-c10-{p}": ("wrn-28-4", "all-in-one", p, 16, 800)  # IV, V, Fig. 7
+       for p in ("normal", "uniform", "uniform01", "halfnormal")},
+    "paper-wrn28-4-c10-blockwise": ("wrn-28-4", "block-wise", "normal", 16, 800),  # Fig. 6
+    "paper-wrn28-4-c10-layerwise": ("wrn-28-4", "layer-wise", "normal", 16, 800),
+    "paper-wrn28-4-c10-blockwise-uniform01": ("wrn-28-4", "block-wise", "uniform01", 16, 800),
+    "paper-wrn28-4-c10-layerwise-uniform01": ("wrn-28-4", "layer-wise", "uniform01", 16, 800),
+}
+
+
+def test_every_paper_recipe_matches_the_papers_settings_table():
+    hypernets = {name for name, r in RECIPES.items() if name.startswith("paper-")
+                 and r.overrides.get("method", "hypernet") == "hypernet"}
+    assert hypernets == set(PAPER_TABLE)  # each hypernet recipe is one row of the table
+    for name, (model, strategy, prior, size, epochs) in PAPER_TABLE.items():
+        c = get_recipe(name).config()
+        assert (c.model, c.strategy, c.prior, c.z_dim, c.h_dim) == (
+            model, strategy, prior, size, size), name
+        if epochs is not None:
+            assert c.epochs == epochs, name
+        assert get_recipe(name).source.split(" ")[0] in ("Table", "Fig.", "Sec."), name
 
 
 # --- overrides -------------------------------------------------------------------------------
