@@ -134,7 +134,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     elif args.out is None:
         raise ValueError("train needs --out RUN (a new run folder) or --resume RUN")
     else:
-        fit(_resolved(_config(args)), Path(args.out))
+        config = _resolved(_config(args))
+        if config.from_run is not None:
+            given = sorted(getattr(args, "explicit", set()) - {"method", "from_run", "device"})
+            if given:
+                flags = ", ".join("--" + name.replace("_", "-") for name in given)
+                raise ValueError(f"train --from {args.from_run} takes that run's config.json; "
+                                 f"{flags} would be ignored: drop them")
+        fit(config, Path(args.out))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run finished: {args.resume or args.out}")
 
@@ -156,7 +163,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.json:
         check_output_file(args.json, "--json")
     result = evaluate_run(Path(args.run), args.samples, args.data, args.bn_batches,
-                          seed=args.seed, form=args.form, device=args.device)
+                          seed=args.seed, form=args.form, device=args.device,
+                          calibration_data=args.calibration_data, shift=args.shift,
+                          corruptions=args.shift_corruptions, severities=args.shift_severities,
+                          ood=args.ood)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     print(format_table({f"x{n}": m for n, m in result["samples"].items()}))
@@ -254,6 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"how N draws are averaged: {', '.join(FORMS)} (softmax of N networks; "
                          "N copies of each residual block; N x the channels of each generated "
                          "layer)")
+    ev.add_argument("--calibration-data", default=None, metavar="SPEC",
+                    help="fit the temperature on this dataset's test split, held out (default: "
+                         "a seeded subset of the training items, in-sample)")
+    ev.add_argument("--shift", default=None, metavar="corruptions|cifar10c:FOLDER",
+                    help="also evaluate on CIFAR-10-C-style corruptions of the test set "
+                         "(generated, cached) or on the published CIFAR-10-C files")
+    ev.add_argument("--shift-corruptions", default=None, metavar="NAME,...",
+                    type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
+                    help="only these corruptions (default: all 15)")
+    ev.add_argument("--shift-severities", default=None, metavar="S,...",
+                    type=lambda text: [int(v) for v in text.split(",") if v.strip()],
+                    help="only these severities in 1..5 (default: all five)")
+    ev.add_argument("--ood", default=None, metavar="SPEC",
+                    help="AUROC/AUPR of telling this dataset's test split (fitted to the run's "
+                         "input size, e.g. digits) from the test set")
     ev.set_defaults(func=cmd_evaluate)
 
     an = sub.add_parser("analyze", help="posterior analysis: weight correlations, diversity, "

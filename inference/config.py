@@ -20,6 +20,8 @@ from .options import (
     EnsembleOptions,
     FlowOptions,
     HypernetOptions,
+    LaplaceOptions,
+    SWAGOptions,
 )
 from .outputs import write_json
 
@@ -69,7 +71,8 @@ def check_precision(device: str, precision: str) -> str:
 # Upper bounds of sizes, far above any real run, so that a typo fails in one line instead of in
 # the allocator (theta holds h_dim numbers per generated weight; the paper uses z, h in 4..128)
 LIMITS = {"epochs": 100_000, "batch_size": 1 << 16, "z_dim": 1024, "h_dim": 1024,
-          "members": 1024, "z_draws": 1024, "flow_layers": 64, "flow_hidden": 1 << 14}
+          "members": 1024, "z_draws": 1024, "flow_layers": 64, "flow_hidden": 1 << 14,
+          "swag_rank": 1024}
 
 
 def _kind(hint: object) -> tuple[tuple[type, ...], str]:
@@ -102,7 +105,8 @@ def check_types(config: object) -> None:
 
 
 @dataclass
-class TrainConfig(HypernetOptions, EnsembleOptions, BBBOptions, ELBOOptions, FlowOptions):
+class TrainConfig(HypernetOptions, EnsembleOptions, BBBOptions, ELBOOptions, FlowOptions,
+                  SWAGOptions, LaplaceOptions):
     """A training run. Defaults follow the paper's recipe (WideResNet's CIFAR schedule); each
     method's knobs come from its group in :mod:`.options`."""
 
@@ -167,6 +171,10 @@ class TrainConfig(HypernetOptions, EnsembleOptions, BBBOptions, ELBOOptions, Flo
                 f"milestones are fractions of the epochs in (0, 1), got {self.milestones}")
         if method.check is not None:
             method.check(self)
+        if self.from_run is not None and method.post_hoc is None:
+            post_hoc = ", ".join(name for name, m in METHODS.items() if m.post_hoc)
+            raise ValueError(f"--from RUN is for the methods fitted post hoc ({post_hoc}); "
+                             f"{self.method} trains from scratch: drop --from")
         return self
 
     def lr_at(self, epoch: int) -> float:

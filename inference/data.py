@@ -4,7 +4,8 @@ Specs: ``digits`` (scikit-learn's 8x8 digits, built in), ``cifar10`` and ``svhn`
 ``download`` for users with internet; SVHN's train split, no augmentation), ``imagefolder:PATH``
 (``PATH/train/<class>/*`` and ``PATH/test/<class>/*``, e.g. the shared CIFAR-10 tree), and
 ``imagenet:PATH`` (``PATH/train/<class>/*``, ``PATH/val/<class>/*``), which is not decoded into
-memory but per batch by DataLoader workers (:mod:`.folders`).
+memory but per batch by DataLoader workers (:mod:`.folders`), and ``cifar10c:PATH`` (a published
+CIFAR-10-C ``NAME.npy`` next to its ``labels.npy``: a test split only, all five severities).
 
 Augmentation (``ImageData.augment``): ``pad-crop`` (CIFAR style: random crop of the zero-padded
 image, optional flip) for small images; ``imagenet`` for large ones: training images are decoded
@@ -36,10 +37,10 @@ from .images import (
     random_resized_crop,
 )
 
-DATA_CHOICES = "digits, cifar10, svhn, imagefolder:PATH, imagenet:PATH"
+DATA_CHOICES = "digits, cifar10, svhn, imagefolder:PATH, imagenet:PATH, cifar10c:PATH"
 AUGMENT_CHOICES = ("auto", "pad-crop", "imagenet")
 AUTO_IMAGENET_ABOVE = 64  # "auto" picks imagenet for images whose shorter side exceeds this
-PATH_SPECS = ("imagefolder:", "imagenet:")  # spec prefixes followed by a PATH
+PATH_SPECS = ("imagefolder:", "imagenet:", "cifar10c:")  # spec prefixes followed by a PATH
 MEMORY = "memory"  # a run's data handed to fit in memory: it cannot be loaded, only handed again
 
 
@@ -88,6 +89,8 @@ def _load(spec: str, train_subset: int | None, root: str | None, download: bool,
         return load_imagenet(Path(spec.split(":", 1)[1]), train_subset)
     if spec.startswith("imagefolder:"):
         return _imagefolder(Path(spec.split(":", 1)[1]), train_subset, augment)
+    if spec.startswith("cifar10c:"):
+        return _cifar10c(Path(spec.split(":", 1)[1]))
     if augment == "imagenet":
         raise ValueError(f"augment 'imagenet' is for imagefolder: data with large images, not "
                          f"{spec!r}; use 'pad-crop' or 'auto'")
@@ -172,6 +175,17 @@ def _svhn(root: str | None, download: bool) -> ImageData:
     (train_x, train_y), (test_x, test_y) = to_tensor(train), to_tensor(test)
     return ImageData(train_x, train_y, test_x, test_y, [str(c) for c in range(10)], pad=0,
                      flip=False)
+
+
+def _cifar10c(path: Path) -> ImageData:
+    """A published CIFAR-10-C file as evaluation data: no training split, its test split every
+    image of ``path`` (severities 1..5 stacked) with the labels of ``labels.npy``."""
+    from .shift import CIFAR10_CLASSES, load_cifar10c_file
+
+    test_x, test_y = load_cifar10c_file(path)
+    empty = torch.zeros((0, *test_x.shape[1:]), dtype=torch.uint8)
+    return ImageData(empty, torch.zeros(0, dtype=torch.long), test_x, test_y,
+                     list(CIFAR10_CLASSES), pad=4, flip=True)
 
 
 def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:

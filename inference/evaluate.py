@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyro
@@ -20,14 +20,33 @@ from tqdm.auto import tqdm
 
 from pyro_implicit import classification_metrics, eval_mode, freeze_posterior, recalibrate_bn
 from pyro_implicit.forms import assemble, check_form, draws_needed
+from pyro_implicit.metrics import ece, error, nll
 from pyro_implicit.model import batchnorm_layers
 from pyro_implicit.posterior import sample_logits
+from pyro_implicit.uncertainty import (
+    aurc,
+    detection_metrics,
+    expected_entropy,
+    fit_temperature,
+    mutual_information,
+    temperature_scale,
+    uncertainty_scores,
+)
 
 from .data import load_data
 from .distributed import SINGLE, Dist, setup
 from .folders import is_lazy, uint8_batches
 from .images import ImageData
 from .runs import Run, load_run, read_config
+from .shift import (
+    CIFAR10_CLASSES,
+    cached_corrupt,
+    check_corruptions,
+    check_severities,
+    check_shift,
+    cifar10c_sets,
+    fit_images,
+)
 
 X1_DRAWS = 5
 # BN recalibration batches per sample unless told (None: one full pass, the paper's choice):
@@ -40,6 +59,9 @@ BN_BATCHES = 50
 # the 10k CIFAR subset here, so 1024 draws take hours), and an average of N draws moves by
 # O(1/N): beyond a thousand nothing measurable changes.
 MAX_SAMPLES = 1024
+# training items a temperature is fitted on by default (one scalar: a few thousand suffice)
+CALIBRATION_SIZE = 2000
+IN_SAMPLE = "train-subset (in-sample)"
 
 
 def check_samples(samples: Sequence[int]) -> list[int]:
@@ -82,24 +104,24 @@ def _test_inputs(run: Run, test_x, batch_size: int, dist: Dist):
     return lambda: kept
 
 
-@torch.no_grad()
-def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int | None = None,
-                 batch_size: int = 128, progress: bool | None = None,
-                 dist: Dist = SINGLE) -> torch.Tensor:
-    """Class probabilities of ``num_draws`` posterior samples on ``test_x``: (draws, n, C).
-
-    Sample by sample (its kernels generated once), batch by batch. A point estimate (no
-    latent) is recalibrated and evaluated once and repeated. Under torchrun the recalibration
-    passes and the test batches are shared among the ranks.
-    """
-    unique = 1 if run.guide.is_point else num_draws  # nothing latent: one evaluation
+def _freeze(run: Run, num_draws: int, bn_batches: int | None, progress: bool | None,
+            dist: Dist):
+    """``num_draws`` frozen posterior samples, BN recalibrated each (one for a point estimate)."""
     run.own_param_store()
-    posterior = freeze_posterior(run.model, run.guide, unique, run.train_inputs, bn_batches,
-                                 progress=progress, distributed=dist.active)
-    probs = torch.zeros(unique, len(test_x), run.data.num_classes, dtype=torch.float64)
+    return freeze_posterior(run.model, run.guide, 1 if run.guide.is_point else num_draws,
+                            run.train_inputs, bn_batches, progress=progress,
+                            distributed=dist.active)
+
+
+@torch.no_grad()
+def _posterior_probs(run: Run, posterior, test_x, num_draws: int, batch_size: int = 128,
+                     progress: bool | None = None, dist: Dist = SINGLE) -> torch.Tensor:
+    """Class probabilities (num_draws, n, C) of the frozen samples on ``test_x``, sample by
+    sample (its kernels generated once), batch by batch; a single sample is repeated."""
+    probs = torch.zeros(len(posterior), len(test_x), run.data.num_classes, dtype=torch.float64)
     inputs = _test_inputs(run, test_x, batch_size, dist)
     with eval_mode(run.model):
-        for i in tqdm(range(unique), desc="evaluate", leave=False,
+        for i in tqdm(range(len(posterior)), desc="evaluate", leave=False,
                       disable=not dist.is_main or (None if progress is None else not progress)):
             for start, x in inputs():
                 logits = sample_logits(run.model, posterior, i, x)
@@ -109,16 +131,34 @@ def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int
     return probs.float().expand(num_draws, -1, -1)
 
 
+def sample_probs(run: Run, test_x: torch.Tensor, num_draws: int, bn_batches: int | None = None,
+                 batch_size: int = 128, progress: bool | None = None,
+                 dist: Dist = SINGLE) -> torch.Tensor:
+    """Class probabilities of ``num_draws`` posterior samples on ``test_x``: (draws, n, C).
+
+    A point estimate (no latent) is recalibrated and evaluated once and repeated. Under
+    torchrun the recalibration passes and the test batches are shared among the ranks.
+    """
+    posterior = _freeze(run, num_draws, bn_batches, progress, dist)
+    return _posterior_probs(run, posterior, test_x, num_draws, batch_size, progress, dist)
+
+
 @torch.no_grad()
-def form_probs(run: Run, test_x: torch.Tensor, n: int, form: str, bn_batches: int | None = None,
-               batch_size: int = 128, dist: Dist = SINGLE) -> torch.Tensor:
-    """Class probabilities (n_test, C) of the network averaging ``n`` fresh posterior draws in
-    ``form`` (parallelizing or widening), its BN statistics recalibrated for the assembly."""
+def form_network(run: Run, n: int, form: str, bn_batches: int | None = None,
+                 dist: Dist = SINGLE) -> torch.nn.Module:
+    """The network averaging ``n`` fresh posterior draws in ``form`` (parallelizing or
+    widening), its BN statistics recalibrated for the assembly, in eval mode."""
     latents = [run.guide.sample_latent() for _ in range(draws_needed(form, n))]
     net = assemble(run.model, lambda m: run.guide.weights(latents[m]), n, form)
     if batchnorm_layers(net):
         recalibrate_bn(net, run.train_inputs(), num_batches=bn_batches, distributed=dist.active)
-    net.eval()
+    return net.eval()
+
+
+@torch.no_grad()
+def _network_probs(run: Run, net: torch.nn.Module, test_x, batch_size: int = 128,
+                   dist: Dist = SINGLE) -> torch.Tensor:
+    """Class probabilities (n, C) of ``net`` on ``test_x``."""
     probs = torch.zeros(len(test_x), run.data.num_classes, dtype=torch.float64)
     for start, x in _test_inputs(run, test_x, batch_size, dist)():
         probs[start:start + len(x)] = net(x).softmax(-1).cpu()
@@ -127,36 +167,168 @@ def form_probs(run: Run, test_x: torch.Tensor, n: int, form: str, bn_batches: in
     return probs.float()
 
 
+Variant = tuple[torch.Tensor, torch.Tensor | None]  # averaged probs (n, C), draws (N, n, C)
+
+
+class Predictor:
+    """A run's posterior fixed once (draws frozen, BN recalibrated; for the forms
+    parallelizing and widening one assembled network per N > 1) and applied to any images.
+
+    :meth:`variants` gives, for each N, what its metrics are computed from: one
+    (averaged probabilities, the draws averaged) pair per single draw for ``"1"`` (reported as
+    medians), one pair for N > 1 (draws None for an assembled network, which only gives the
+    average).
+    """
+
+    def __init__(self, run: Run, samples: Sequence[int], form: str = "branching",
+                 bn_batches: int | None = BN_BATCHES, progress: bool | None = None,
+                 dist: Dist = SINGLE, batch_size: int = 128):
+        self.run, self.samples, self.form = run, check_samples(samples), check_form(form)
+        self.progress, self.dist, self.batch_size = progress, dist, batch_size
+        branching = form == "branching"
+        self.num_draws = max(max(self.samples), X1_DRAWS) if branching else X1_DRAWS
+        self.posterior = _freeze(run, self.num_draws, bn_batches, progress, dist)
+        self.networks = {} if branching else {
+            n: form_network(run, n, form, bn_batches, dist) for n in self.samples if n > 1}
+
+    def draws(self, images) -> torch.Tensor:
+        """Class probabilities of every frozen draw on ``images``: (draws, n, C)."""
+        return _posterior_probs(self.run, self.posterior, images, self.num_draws,
+                                self.batch_size, self.progress, self.dist)
+
+    def variants(self, images) -> dict[str, list[Variant]]:
+        """Per N (as str), the (averaged probabilities, draws) pairs of ``images``."""
+        draws = self.draws(images)
+        result = {}
+        for n in self.samples:
+            if n == 1:
+                result["1"] = [(d, d[None]) for d in draws[:X1_DRAWS]]
+            elif n in self.networks:
+                net = self.networks[n]
+                result[str(n)] = [(_network_probs(self.run, net, images, self.batch_size,
+                                                  self.dist), None)]
+            else:
+                result[str(n)] = [(draws[:n].mean(0), draws[:n])]
+        return result
+
+
+def _median(records: list[dict]) -> dict:
+    """The key-wise median of ``records`` (nested dicts alike), None where any value is."""
+    first = records[0]
+    if isinstance(first, dict):
+        return {k: _median([r[k] for r in records]) for k in first}
+    return None if any(r is None for r in records) else statistics.median(records)
+
+
+def _test_metrics(probs: torch.Tensor, draws: torch.Tensor | None, labels: torch.Tensor,
+                  calibration: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """Error, NLL, ECE, Brier; the entropy decomposition; selective prediction (AURC by each
+    uncertainty); and NLL and ECE after a temperature fitted on ``calibration`` (probs,
+    labels) of the same averaged predictor."""
+    scores = uncertainty_scores(probs, draws)
+    wrong = probs.argmax(-1) != labels
+    temperature = fit_temperature(*calibration)
+    scaled = temperature_scale(probs, temperature)
+    return {
+        **classification_metrics(probs, labels),
+        "aleatoric": None if draws is None else expected_entropy(draws).mean().item(),
+        "epistemic": None if draws is None else mutual_information(draws).mean().item(),
+        "selective": {k: None if v is None else aurc(v, wrong) for k, v in scores.items()},
+        "calibrated": {"temperature": temperature, "nll": nll(scaled, labels),
+                       "ece": ece(scaled, labels)},
+    }
+
+
+def _shift_metrics(predictor: Predictor, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Per N: error, NLL and ECE on one shifted test set (medians over single draws at N=1)."""
+    return {n: _median([{"error": error(p, labels), "nll": nll(p, labels), "ece": ece(p, labels)}
+                        for p, _ in pairs])
+            for n, pairs in predictor.variants(images).items()}
+
+
+def _check_images(test: ImageData, run: Run, what: str) -> None:
+    if test.classes != run.data.classes:
+        raise ValueError(f"{what} has classes {test.classes}, the run was trained on "
+                         f"{run.data.classes}")
+    if not is_lazy(test.test_x) and test.test_x.shape[1:] != run.data.train_x.shape[1:]:
+        raise ValueError(f"{what} images are {tuple(test.test_x.shape[1:])} (C, H, W), the "
+                         f"run was trained on {tuple(run.data.train_x.shape[1:])}")
+
+
+def shift_sets(run: Run, test: ImageData, shift: str, corruptions: Sequence[str] | None = None,
+               severities: Sequence[int] | None = None, seed: int = 0,
+               cache_dir: Path | None = None) -> Iterator[tuple[str, int, torch.Tensor,
+                                                                torch.Tensor]]:
+    """(corruption, severity, images, labels) of ``shift``: ``corruptions`` (the test set of
+    ``test`` corrupted, generated from ``seed`` and cached) or ``cifar10c:FOLDER`` (the
+    published files, for a run with CIFAR-10's classes)."""
+    check_shift(shift)
+    if shift == "corruptions":
+        if is_lazy(test.test_x):
+            raise ValueError("--shift corruptions needs an in-memory test set, not lazy images")
+        for name in check_corruptions(corruptions):
+            for s in check_severities(severities):
+                yield name, s, cached_corrupt(test.test_x, name, s, seed, cache_dir), test.test_y
+    else:
+        if run.data.classes != CIFAR10_CLASSES:
+            raise ValueError(f"CIFAR-10-C has CIFAR-10's classes; the run was trained on "
+                             f"{run.data.classes}")
+        check_corruptions(corruptions)
+        yield from cifar10c_sets(Path(shift.split(":", 1)[1]), corruptions, severities)
+
+
+def _mean_shift(per_set: dict[str, dict[str, dict]]) -> dict:
+    """Per N, each metric averaged over every corruption and severity."""
+    records = [by_n for by_severity in per_set.values() for by_n in by_severity.values()]
+    return {n: {k: statistics.fmean(r[n][k] for r in records) for k in records[0][n]}
+            for n in records[0]}
+
+
+def calibration_subset(run: Run, size: int = CALIBRATION_SIZE,
+                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed seeded subset of ``size`` training items (images, labels): in-sample for the
+    network, which was trained on all of them."""
+    order = torch.randperm(len(run.data.train_y), generator=torch.Generator().manual_seed(seed))
+    keep = order[:size].sort().values
+    return run.data.train_x[keep], run.data.train_y[keep]
+
+
 def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageData | None = None,
              bn_batches: int | None = BN_BATCHES, seed: int = 0, progress: bool | None = None,
-             dist: Dist = SINGLE, form: str = "branching") -> dict:
+             dist: Dist = SINGLE, form: str = "branching",
+             calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+             shift: str | None = None, corruptions: Sequence[str] | None = None,
+             severities: Sequence[int] | None = None, ood: torch.Tensor | None = None,
+             cache_dir: Path | None = None) -> dict:
     """Metrics of N-sample averages in ``form`` on the test split of ``test`` (default: the
-    run's data)."""
+    run's data), with uncertainty and temperature-scaled metrics (see docs/uncertainty.md).
+
+    ``calibration``: held-out (images, labels) the temperature is fitted on (default: a seeded
+    subset of the training items, in-sample). ``shift``: ``corruptions`` or
+    ``cifar10c:FOLDER``, restricted to ``corruptions`` and ``severities`` when given (generated
+    corruptions are cached in ``cache_dir``). ``ood``: uint8 images of another distribution
+    (the run's input shape) to tell from the test set.
+    """
     check_form(form)
     samples = check_samples(samples)
     test = test or run.data
-    if test.classes != run.data.classes:
-        raise ValueError(f"evaluation data has classes {test.classes}, the run was trained on "
-                         f"{run.data.classes}")
-    if not is_lazy(test.test_x) and test.test_x.shape[1:] != run.data.train_x.shape[1:]:
-        raise ValueError(f"evaluation images are {tuple(test.test_x.shape[1:])} (C, H, W), the "
-                         f"run was trained on {tuple(run.data.train_x.shape[1:])}")
+    _check_images(test, run, "evaluation data")
+    if shift is not None:  # bad names fail before any work
+        check_shift(shift)
+        check_corruptions(corruptions)
+        check_severities(severities)
+    in_sample = calibration is None
+    calib_x, calib_y = calibration_subset(run, seed=seed) if in_sample else calibration
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()
-    num_draws = max(max(samples), X1_DRAWS) if form == "branching" else X1_DRAWS
-    probs = sample_probs(run, test.test_x, num_draws, bn_batches, progress=progress, dist=dist)
+    predictor = Predictor(run, samples, form, bn_batches, progress, dist)
     labels = test.test_y
-    per_draw = [classification_metrics(p, labels) for p in probs[:X1_DRAWS]]
-    results = {}
-    for n in samples:
-        if n == 1:
-            results["1"] = {k: statistics.median(d[k] for d in per_draw) for k in per_draw[0]}
-        elif form == "branching":
-            results[str(n)] = classification_metrics(probs[:n].mean(0), labels)
-        else:
-            averaged = form_probs(run, test.test_x, n, form, bn_batches, dist=dist)
-            results[str(n)] = classification_metrics(averaged, labels)
-    return {
+    tested, calibrating = predictor.variants(test.test_x), predictor.variants(calib_x)
+    per_draw = [classification_metrics(p, labels) for p, _ in tested["1"]]
+    results = {n: _median([_test_metrics(p, d, labels, (c, calib_y))
+                           for (p, d), (c, _) in zip(tested[n], calibrating[n], strict=True)])
+               for n in tested}
+    result = {
         "samples": results,
         "x1_draws": [d["error"] for d in per_draw],
         "form": form,
@@ -165,24 +337,75 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
         "num_test": len(labels),
         "bn_batches": bn_batches,
         "seed": seed,
-        "eval_seconds": time.perf_counter() - t0,
+        "calibration": IN_SAMPLE if in_sample else f"held-out ({len(calib_y)} items)",
+        "num_calibration": len(calib_y),
     }
+    if shift is not None:
+        per_set: dict[str, dict] = {}
+        for name, severity, images, shifted_labels in shift_sets(
+                run, test, shift, corruptions, severities, seed, cache_dir):
+            per_set.setdefault(name, {})[str(severity)] = _shift_metrics(
+                predictor, images, shifted_labels)
+        result["shift"] = {**per_set, "mean": _mean_shift(per_set)}
+        result["shift_source"] = shift if shift != "corruptions" else f"corruptions (seed {seed})"
+    if ood is not None:
+        if tuple(ood.shape[1:]) != tuple(run.data.train_x.shape[1:]):
+            raise ValueError(f"OOD images are {tuple(ood.shape[1:])}, the run takes "
+                             f"{tuple(run.data.train_x.shape[1:])}")
+        outside = predictor.variants(ood)
+        result["ood"] = {n: _median([detection_metrics(uncertainty_scores(*inside),
+                                                       uncertainty_scores(*out))
+                                     for inside, out in zip(tested[n], outside[n], strict=True)])
+                         for n in tested}
+        result["num_ood"] = len(ood)
+    result["eval_seconds"] = time.perf_counter() - t0
+    return result
+
+
+def ood_images(spec: str, run: Run) -> torch.Tensor:
+    """The test split of data ``spec`` fitted to the run's input shape (``digits``: gray 8x8
+    digits as RGB, upsampled)."""
+    data = load_data(spec, None, run.config.data_root, run.config.download)
+    if is_lazy(data.test_x):
+        raise ValueError(f"--ood {spec}: lazy image folders are not supported; use imagefolder:")
+    return fit_images(data.test_x, run.data.train_x.shape[1:])
 
 
 def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: str | None = None,
                  bn_batches: int | None = BN_BATCHES, seed: int = 0, progress: bool | None = None,
-                 form: str = "branching", device: str | None = None) -> dict:
+                 form: str = "branching", device: str | None = None,
+                 calibration_data: str | None = None, shift: str | None = None,
+                 corruptions: Sequence[str] | None = None,
+                 severities: Sequence[int] | None = None, ood: str | None = None,
+                 cache_dir: Path | None = None) -> dict:
     """Load the run folder ``path`` and evaluate it (on ``data``'s test split when given, on
-    ``device`` when given, else on the run's own device)."""
+    ``device`` when given, else on the run's own device); ``calibration_data``: a spec whose
+    test split is the held-out set of temperature scaling; ``ood``: a spec whose test split is
+    the out-of-distribution set; the rest as :func:`evaluate`."""
     config = read_config(path, device)
     dist = setup(config.device)  # before any model hits a GPU
     run = load_run(path, config=config)
+    evaluated = data or run.config.data
+    if calibration_data is not None and calibration_data == evaluated:
+        raise ValueError(f"--calibration-data {calibration_data} is the evaluated test set: "
+                         "fit the temperature on held-out data, never on the test set")
     test = None
     if data is not None:
         test = load_data(data, None, run.config.data_root, run.config.download)
-    result = evaluate(run, samples, test, bn_batches, seed, progress, dist, form)
+    calibration = None
+    if calibration_data is not None:
+        held_out = load_data(calibration_data, None, run.config.data_root, run.config.download)
+        _check_images(held_out, run, "calibration data")
+        calibration = (held_out.test_x, held_out.test_y)
+    result = evaluate(run, samples, test, bn_batches, seed, progress, dist, form, calibration,
+                      shift, corruptions, severities,
+                      None if ood is None else ood_images(ood, run), cache_dir)
     result["run"] = str(path)
-    result["data"] = data or run.config.data
+    result["data"] = evaluated
+    if calibration_data is not None:
+        result["calibration"] = f"{calibration_data} test split (held-out)"
+    if ood is not None:
+        result["ood_data"] = ood
     return result
 
 

@@ -7,8 +7,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
 from pyro.nn import PyroModule
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_implicit import BayesianNetwork, ImplicitGuide, ImplicitMAP, PointGuide
 from pyro_implicit.bayes_hypernet import ScaleFlow, WeightNormNetwork
@@ -16,12 +18,24 @@ from pyro_implicit.bbb import MeanFieldNormal
 from pyro_implicit.dropout import MCDropoutGuide, MCDropoutNetwork
 from pyro_implicit.elbo import WeightSpaceELBO
 from pyro_implicit.ensemble import EnsembleGuide
+from pyro_implicit.laplace import LastLayerLaplace, last_linear
 from pyro_implicit.models import create_model
+from pyro_implicit.swag import SWAGGuide
 
-from .options import BBBOptions, ELBOOptions, EnsembleOptions, FlowOptions, HypernetOptions
+from .folders import is_lazy, uint8_batches
+from .options import (
+    BBBOptions,
+    ELBOOptions,
+    EnsembleOptions,
+    FlowOptions,
+    HypernetOptions,
+    LaplaceOptions,
+    SWAGOptions,
+)
 
 if TYPE_CHECKING:
     from .config import TrainConfig
+    from .runs import Run
 
 MC_DROPOUT_RATE = 0.3  # mc-dropout's --drop-rate unless given
 
@@ -75,11 +89,23 @@ def _needs_dropout(config: TrainConfig) -> None:
 
 
 @dataclass(frozen=True)
+class PostHoc:
+    """A method fitted to a finished run of method ``source`` instead of trained:
+    ``fit(source_run, new_run)`` fills the new run's model and guide."""
+
+    source: str
+    fit: Callable[[Run, Run], None]
+
+
+@dataclass(frozen=True)
 class Method:
     """A posterior approximation: how to build its model and guide, its training objective
     (``loss(config, epoch)``: a Pyro loss offering ``loss_and_logits``), its description, the
     knob groups it reads (:mod:`.options`), its own defaults for shared knobs, an extra
-    ``check(config)``, and whether it trains as independent member runs (an ensemble)."""
+    ``check(config)``, whether it trains as independent member runs (an ensemble), its own
+    ``lr(config, epoch)`` (else the config's step schedule), ``after_step(config, guide, epoch,
+    step, steps)`` run after every training step, and ``post_hoc`` for a method fitted to a
+    finished run rather than trained."""
 
     build: Callable[[nn.Module, TrainConfig, int], tuple[BayesianNetwork, PyroModule]]
     description: str
@@ -88,6 +114,9 @@ class Method:
     defaults: Mapping[str, object] = field(default_factory=dict)
     check: Callable[[TrainConfig], None] | None = None
     trains_members: bool = False
+    lr: Callable[[TrainConfig, int], float] | None = None
+    after_step: Callable[[TrainConfig, PyroModule, int, int, int], None] | None = None
+    post_hoc: PostHoc | None = None
 
 
 def _hypernet(net, config: TrainConfig, num_data: int):
@@ -133,6 +162,56 @@ def _ensemble(net, config: TrainConfig, num_data: int):
     return model, EnsembleGuide(model, config.members)
 
 
+def _swag(net, config: TrainConfig, num_data: int):
+    initial = {name: p.detach().clone() for name, p in net.named_parameters()}
+    model = BayesianNetwork(net, num_data, weight_groups(net, kernels_only=False))
+    return model, SWAGGuide(model, config.swag_rank, initial)
+
+
+def swag_start(config: TrainConfig) -> int:
+    """The first epoch (0-based) of SWAG's constant lr and collection."""
+    return int(config.swag_start * config.epochs)
+
+
+def _swag_lr(config: TrainConfig, epoch: int) -> float:
+    return config.swag_lr if epoch >= swag_start(config) else config.lr_at(epoch)
+
+
+def _swag_collect(config: TrainConfig, guide: SWAGGuide, epoch: int, step: int,
+                  steps: int) -> None:
+    """Collect after the last step of every epoch from swag_start on (``swag_every`` 0), or
+    after every ``swag_every``-th step counted from there."""
+    done = (epoch - swag_start(config)) * steps + step + 1  # steps since collection began
+    if done > 0 and (done % config.swag_every == 0 if config.swag_every else step == steps - 1):
+        guide.collect()
+
+
+def _laplace(net, config: TrainConfig, num_data: int):
+    layer = last_linear(net)
+    params = dict(net.get_submodule(layer).named_parameters(prefix=layer))
+    initial = {name: p.detach().clone() for name, p in params.items()}
+    model = BayesianNetwork(net, num_data, {layer: list(params)})
+    return model, LastLayerLaplace(model, initial)
+
+
+def _labelled_batches(run: Run) -> DataLoader:
+    """The training set normalised, augmentation off, in its order, as (x, y) batches."""
+    data, size = run.data, run.config.batch_size
+    if is_lazy(data.train_x):
+        raise ValueError("laplace is fitted on in-memory data; imagenet:PATH is not supported")
+    x = torch.cat([run.normalizer(b) for b in uint8_batches(
+        data.train_x, range(0, len(data.train_y), size), size, run.config.workers)])
+    return DataLoader(TensorDataset(x, data.train_y.to(x.device)), batch_size=size)
+
+
+def _fit_laplace(source: Run, run: Run) -> None:
+    """The MAP network of ``source`` in ``run``'s model, its last layer's Laplace fitted."""
+    sites = {s.name for s in run.model.sites}
+    run.model.net.load_state_dict({k: v for k, v in source.model.net.state_dict().items()
+                                   if k not in sites})
+    run.guide.fit(source.model.net, _labelled_batches(source))
+
+
 METHODS: dict[str, Method] = {
     "hypernet": Method(_hypernet, "implicit posterior: hypernetworks generate the residual-block "
                                   "convs from z ~ p(z); MAP on theta (Ukai et al. 2019)",
@@ -152,7 +231,20 @@ METHODS: dict[str, Method] = {
     "mc-dropout": Method(_mc_dropout, "WideResNet dropout kept on at test time, N passes "
                                       "averaged (Gal & Ghahramani 2016)",
                          defaults={"drop_rate": MC_DROPOUT_RATE}, check=_needs_dropout),
+    "swag": Method(_swag, "SWA-Gaussian: diagonal plus rank --swag-rank Gaussian from the SGD "
+                          "iterates at constant --swag-lr after --swag-start (Maddox et al. "
+                          "2019)", options=(SWAGOptions,), lr=_swag_lr, after_step=_swag_collect),
+    "laplace": Method(_laplace, "post hoc on a finished map run (--from RUN): last-layer "
+                                "Laplace, KFAC GGN, prior precision by marginal likelihood "
+                                "(Daxberger et al. 2021)", options=(LaplaceOptions,),
+                      post_hoc=PostHoc("map", _fit_laplace)),
 }
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """The lr of epoch ``epoch``: the method's own schedule, else the config's."""
+    method = METHODS[config.method]
+    return method.lr(config, epoch) if method.lr else config.lr_at(epoch)
 
 
 def check_method(name: str) -> str:

@@ -42,9 +42,11 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def knob(default: Any, help: str, metavar: str | None = None, type: Any = None) -> Any:
-    """A dataclass field that is also a ``train`` flag (``--name-with-dashes``)."""
-    return field(default=default, metadata={"help": help, "metavar": metavar, "type": type})
+def knob(default: Any, help: str, metavar: str | None = None, type: Any = None,
+         flag: str | None = None) -> Any:
+    """A dataclass field that is also a ``train`` flag (``flag``, else ``--name-with-dashes``)."""
+    return field(default=default, metadata={"help": help, "metavar": metavar, "type": type,
+                                            "flag": flag})
 
 
 def _positive(config: Any, *names: str) -> None:
@@ -158,8 +160,41 @@ class FlowOptions:
         _positive(self, "flow_layers", "flow_hidden")
 
 
+@dataclass
+class SWAGOptions:
+    """SWA-Gaussian: the SGD iterates' moments, collected at a constant lr late in training."""
+
+    swag_rank: int = knob(20, "K: deviations kept for the low-rank covariance (default 20)", "K")
+    swag_start: float = knob(0.5, "collection starts after this fraction of the epochs; from "
+                                  "then on the lr is --swag-lr (default 0.5)", "F")
+    swag_lr: float = knob(0.01, "the constant lr while collecting (default 0.01)", "LR")
+    swag_every: int = knob(0, "collect every K steps (default 0: once per epoch, at its end)",
+                           "K", non_negative_int)
+
+    def check(self) -> None:
+        _positive(self, "swag_rank")
+        _finite_positive(self, "swag_lr")
+        if not 0 <= self.swag_start < 1:
+            raise ValueError(f"swag_start must be a fraction of the epochs in [0, 1), got "
+                             f"{self.swag_start!r}")
+        if not isinstance(self.swag_every, int) or self.swag_every < 0:
+            raise ValueError(f"swag_every must be an integer >= 0, got {self.swag_every!r}")
+
+
+@dataclass
+class LaplaceOptions:
+    """Post-hoc methods: the finished run they are fitted to, without retraining."""
+
+    from_run: str | None = knob(None, "the finished map run to fit to (train --method laplace "
+                                      "--from RUN --out NEW)", "RUN", str, flag="--from")
+
+    def check(self) -> None:
+        if self.from_run == "":
+            raise ValueError("from_run must name a run folder, got ''")
+
+
 OPTION_GROUPS: tuple[type, ...] = (HypernetOptions, EnsembleOptions, BBBOptions, ELBOOptions,
-                                   FlowOptions)
+                                   FlowOptions, SWAGOptions, LaplaceOptions)
 
 
 def add_option_flags(parser: argparse.ArgumentParser, readers: Mapping[type, str]) -> None:
@@ -168,12 +203,13 @@ def add_option_flags(parser: argparse.ArgumentParser, readers: Mapping[type, str
     for group in OPTION_GROUPS:
         section = parser.add_argument_group(f"{readers[group]} options", group.__doc__)
         for f in dataclasses.fields(group):
-            flag, meta = "--" + f.name.replace("_", "-"), f.metadata
+            meta = f.metadata
+            flag = meta["flag"] or "--" + f.name.replace("_", "-")
             if isinstance(f.default, bool):
-                section.add_argument(flag, action="store_true", help=meta["help"])
+                section.add_argument(flag, dest=f.name, action="store_true", help=meta["help"])
                 continue
-            section.add_argument(flag, type=meta["type"] or type(f.default), default=f.default,
-                                 metavar=meta["metavar"], help=meta["help"])
+            section.add_argument(flag, dest=f.name, type=meta["type"] or type(f.default),
+                                 default=f.default, metavar=meta["metavar"], help=meta["help"])
 
 
 def option_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from .distributed import Dist, setup
 from .ensemble import fit_members
 from .folders import is_lazy, train_batches
 from .images import ImageData
-from .methods import METHODS, check_method, z_spread
+from .methods import METHODS, check_method, learning_rate, z_spread
 from .outputs import check_output_folder, write_json
 from .runs import (
     CHECKPOINT,
@@ -51,6 +51,9 @@ from .runs import (
     TrainingInterrupted,
     build_run,
     check_new_run_folder,
+    history,
+    is_finished,
+    load_run,
     load_states,
     locked,
     read_config,
@@ -193,6 +196,11 @@ def fit(config: TrainConfig | None, out: Path, resume: bool = False,
     if METHODS[config.method].trains_members:  # an ensemble: one ordinary run per member
         with _writing(out, setup(config.device)):
             return fit_members(config, out, progress, data, fit)
+    if METHODS[config.method].post_hoc:  # fitted once to a finished run: nothing to continue
+        if resume:
+            return load_run(out, data, config=config)
+        with _writing(out, setup(config.device)):
+            return fit_post_hoc(config, out, data)
     dist = setup(config.device)
     with _writing(out, dist):
         run = build_run(config, data)
@@ -211,6 +219,35 @@ def fit(config: TrainConfig | None, out: Path, resume: bool = False,
         # would trip over a NaN before the loop reports it: off while training
         with _stop_requests() as stop, pyro.validation_enabled(False):
             loop.train(state, stop, show=dist.is_main and (progress is None or progress))
+    return run
+
+
+def fit_post_hoc(config: TrainConfig, out: Path, data: ImageData | None = None) -> Run:
+    """Fit the post-hoc method of ``config`` to the finished run ``config.from_run`` into the
+    new run folder ``out``: its config is the source run's (method and ``from_run`` replaced,
+    the source's path made absolute), its checkpoint the fitted model and guide, its
+    metrics the source's history (its training)."""
+    post_hoc = METHODS[config.method].post_hoc
+    if config.from_run is None:
+        raise ValueError(f"{config.method} is fitted post hoc to a finished {post_hoc.source} "
+                         "run: pass --from RUN")
+    source_dir = Path(config.from_run).resolve()
+    source_config = read_config(source_dir, config.device)
+    if source_config.method != post_hoc.source or not is_finished(source_dir):
+        held = "an unfinished" if source_config.method == post_hoc.source else "a"
+        raise ValueError(f"--from {config.from_run} holds {held} {source_config.method} run; "
+                         f"{config.method} is fitted to a finished {post_hoc.source} run")
+    config = dataclasses.replace(source_config, method=config.method,
+                                 from_run=str(source_dir)).validate()
+    source = load_run(source_dir, data, config=source_config)
+    run = build_run(config, source.data)
+    post_hoc.fit(source, run)
+    done = history(source_dir)
+    save_checkpoint({"format": config.format, "epoch": config.epochs, "step": 0, "history": done,
+                     "model": run.model.state_dict(), "guide": run.guide.state_dict(),
+                     "config": dataclasses.asdict(config)}, out / CHECKPOINT)
+    write_json(out / METRICS, {"history": done})
+    config.save(out / CONFIG)
     return run
 
 
@@ -358,8 +395,9 @@ class _Loop:
         """Train from ``state``'s position (or the start) to the last epoch."""
         config, dist = self.config, self.dist
         epoch, first, order, tally = self.restore(state)
+        after_step = METHODS[config.method].after_step
         while epoch < config.epochs:
-            lr = config.lr_at(epoch)
+            lr = learning_rate(config, epoch)
             loss_fn = make_loss(config, epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -378,6 +416,8 @@ class _Loop:
                 loss, correct = train_step(self.model, self.guide, loss_fn, self.optimizer, x,
                                            y, likelihood_weight=len(y) * dist.world / total,
                                            precision=config.precision)
+                if after_step is not None:
+                    after_step(config, self.run.guide, epoch, step, self.steps)
                 pending.append((step, loss, correct, len(y)))
                 bar.update()
                 stopping = dist.any(stop["signal"] is not None)[0]

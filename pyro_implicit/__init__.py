@@ -14,6 +14,7 @@ from .elbo import WeightSpaceELBO
 from .ensemble import EnsembleGuide
 from .guide import ImplicitGuide, PointGuide, PosteriorGuide
 from .hypernet import HyperNetworks
+from .laplace import LastLayerLaplace
 from .metrics import classification_metrics
 from .model import BayesianNetwork, WeightSite
 from .objective import ImplicitMAP
@@ -29,6 +30,7 @@ from .priors import PRIORS, z_prior
 from .residual import residual_kernels
 from .saving import load, save
 from .strategies import STRATEGIES, group_layers
+from .swag import SWAGGuide
 
 __version__ = "0.1.0"
 
@@ -41,11 +43,13 @@ __all__ = [
     "HyperNetworks",
     "ImplicitGuide",
     "ImplicitMAP",
+    "LastLayerLaplace",
     "MCDropoutGuide",
     "MCDropoutNetwork",
     "MeanFieldNormal",
     "PointGuide",
     "PosteriorGuide",
+    "SWAGGuide",
     "ScaleFlow",
     "WeightNormNetwork",
     "WeightSpaceELBO",

@@ -34,9 +34,11 @@ from .bbb import MeanFieldNormal
 from .dropout import MCDropoutGuide, MCDropoutNetwork
 from .ensemble import EnsembleGuide
 from .guide import ImplicitGuide, PointGuide
+from .laplace import LastLayerLaplace
 from .model import BayesianNetwork, WeightSite
 from .models import create_model
 from .posterior import FrozenPosterior, sync_param_store
+from .swag import SWAGGuide
 
 FORMAT = "pyro-implicit-save/1"
 
@@ -87,6 +89,8 @@ GUIDES: dict[type, Kind] = {
                                "hidden": g.couplings[0].nn.hidden_dims[0]}),
     MCDropoutGuide: Kind(lambda g: {}, takes_model=False),
     EnsembleGuide: Kind(lambda g: {"members": g.num_members}, extra=("draws",)),
+    SWAGGuide: Kind(lambda g: {"rank": g.rank}),
+    LastLayerLaplace: Kind(lambda g: {}),
 }
 
 

@@ -40,7 +40,7 @@ def test_train_and_evaluate_end_to_end(folder, tmp_path):
     result = json.loads(out.read_text())
     assert set(result["samples"]) == {"1", "2", "4"}
     for metrics in result["samples"].values():
-        assert set(metrics) == {"error", "nll", "ece", "brier"}
+        assert {"error", "nll", "ece", "brier"} <= set(metrics)
         assert 0 <= metrics["error"] <= 1 and 0 <= metrics["ece"] <= 1
     assert len(result["x1_draws"]) == 5
     assert result["samples"]["1"]["error"] == statistics.median(result["x1_draws"])
