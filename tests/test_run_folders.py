@@ -286,7 +286,7 @@ def test_demo_into_a_used_folder_says_what_to_do(tmp_path, capsys):
 def test_evaluation_images_of_another_size_are_refused(finished, tmp_path, capsys):
     other = make_imagefolder(tmp_path / "small", size=4)
     assert main(["evaluate", str(finished), "--data", f"imagefolder:{other}"]) == 2
-    assert "evaluation images are (3, 4, 4) (C, H, W), the run was trained on (3, 8, 8)" in \
+    assert "evaluation data images are (3, 4, 4) (C, H, W), the run was trained on (3, 8, 8)" in \
         capsys.readouterr().err
 
 
