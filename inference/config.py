@@ -13,16 +13,7 @@ from pyro_implicit.models.registry import resolve_model
 
 from .data import check_data_spec
 from .methods import METHODS, check_method
-from .options import (
-    OPTION_GROUPS,
-    BBBOptions,
-    ELBOOptions,
-    EnsembleOptions,
-    FlowOptions,
-    HypernetOptions,
-    LaplaceOptions,
-    SWAGOptions,
-)
+from .options import OPTION_GROUPS
 from .outputs import write_json
 
 CONFIG_FORMAT = 1
@@ -105,8 +96,7 @@ def check_types(config: object) -> None:
 
 
 @dataclass
-class TrainConfig(HypernetOptions, EnsembleOptions, BBBOptions, ELBOOptions, FlowOptions,
-                  SWAGOptions, LaplaceOptions):
+class TrainConfig(*OPTION_GROUPS):  # every method's knobs (see .options), flat
     """A training run. Defaults follow the paper's recipe (WideResNet's CIFAR schedule); each
     method's knobs come from its group in :mod:`.options`."""
 
