@@ -9,6 +9,7 @@ import pyro
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from pyro_implicit import BayesianNetwork, ImplicitGuide
 from pyro_implicit.models import create_model
@@ -29,6 +30,18 @@ def tiny_model(strategy: str = "all-in-one", prior: str = "normal", name: str = 
     model = BayesianNetwork(net, num_data=num_data)
     guide = ImplicitGuide(model, strategy=strategy, prior=prior, z_dim=4, h_dim=6)
     return model, guide
+
+
+class LinearHead(nn.Module):
+    """A linear classifier of 2-channel 1x1 "images" (``outputs`` classes): a network small
+    enough for closed forms and direct computations."""
+
+    def __init__(self, outputs: int):
+        super().__init__()
+        self.fc = nn.Linear(2, outputs)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
 
 
 def tiny_batch(n: int = 8, size: int = 8, channels: int = 3, classes: int = 5, seed: int = 1):

@@ -11,23 +11,13 @@ from laplace import Laplace
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import LinearHead
 from pyro_implicit import BayesianNetwork, LastLayerLaplace
 from pyro_implicit.inference.checkpoint import load_checkpoint
 from pyro_implicit.inference.cli import main
 
 TINY = ["--data", "digits", "--train-subset", "60", "--epochs", "1", "--batch-size", "32",
         "--model", "wrn-10-1"]
-
-
-class Head(nn.Module):
-    """A linear classifier of 2-channel 1x1 "images"."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(2, 3)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +27,14 @@ def separable():
     centres = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 3.0]])
     y = torch.arange(3).repeat_interleave(40)
     x = (centres[y] + 0.5 * torch.randn(120, 2))[:, :, None, None]
-    net = Head()
+    net = LinearHead(3)
     optimizer = torch.optim.Adam(net.parameters(), lr=0.05, weight_decay=1e-3)
     for _ in range(300):
         optimizer.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
         optimizer.step()
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
-    map_net = Head()
+    map_net = LinearHead(3)
     map_net.load_state_dict(net.state_dict())
     model = BayesianNetwork(net, 120, {"fc": ["fc.weight", "fc.bias"]})
     guide = LastLayerLaplace(model)

@@ -4,8 +4,8 @@ command line."""
 import json
 
 import torch
-from torch import nn
 
+from conftest import LinearHead
 from pyro_implicit import BayesianNetwork, SWAGGuide
 from pyro_implicit.inference.checkpoint import load_checkpoint
 from pyro_implicit.inference.cli import main
@@ -13,20 +13,9 @@ from pyro_implicit.inference.config import TrainConfig
 from pyro_implicit.inference.methods import learning_rate
 
 
-class Head(nn.Module):
-    """A linear layer on 2-channel 1x1 "images": 6 weights."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(2, 2)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
 def guide_of(iterates: torch.Tensor, rank: int) -> SWAGGuide:
     """A SWAG guide over Head's weights that collected ``iterates`` (one per row)."""
-    model = BayesianNetwork(Head(), 10, {"fc": ["fc.weight", "fc.bias"]})
+    model = BayesianNetwork(LinearHead(2), 10, {"fc": ["fc.weight", "fc.bias"]})
     guide = SWAGGuide(model, rank)
     for w in iterates:
         guide.iterate.data.copy_(w)
