@@ -166,10 +166,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                           seed=args.seed, form=args.form, device=args.device,
                           calibration_data=args.calibration_data, shift=args.shift,
                           corruptions=args.shift_corruptions, severities=args.shift_severities,
-                          ood=args.ood)
+                          ood=args.ood, shift_subset=args.shift_subset)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    print(format_table({f"x{n}": m for n, m in result["samples"].items()}))
+    rows = {f"x{n}": m for n, m in result["samples"].items()}
+    if "probit" in result:  # a closed-form predictive (laplace)
+        rows["probit"] = result["probit"]
+    print(format_table(rows))
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
@@ -276,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--shift-severities", default=None, metavar="S,...",
                     type=lambda text: [int(v) for v in text.split(",") if v.strip()],
                     help="only these severities in 1..5 (default: all five)")
+    ev.add_argument("--shift-subset", default=None, metavar="K", type=positive_int,
+                    help="evaluate each shifted set on a seeded subset of K items (default: "
+                         "all; 75 corrupted copies cost 75 test passes per draw)")
     ev.add_argument("--ood", default=None, metavar="SPEC",
                     help="AUROC/AUPR of telling this dataset's test split (fitted to the run's "
                          "input size, e.g. digits) from the test set")

@@ -167,6 +167,25 @@ def _network_probs(run: Run, net: torch.nn.Module, test_x, batch_size: int = 128
     return probs.float()
 
 
+@torch.no_grad()
+def closed_form_probs(run: Run, images, bn_stats: dict[str, torch.Tensor] | None = None,
+                      batch_size: int = 128, dist: Dist = SINGLE) -> torch.Tensor | None:
+    """Class probabilities (n, C) of the guide's closed-form predictive on ``images`` (a guide
+    offering ``predictive_probs(model, x, bn_stats)``: last-layer Laplace's probit-approximated
+    GLM predictive), else None. ``bn_stats``: BN statistics by model site (a frozen sample's
+    recalibrated ones, the same for every draw of a last-layer posterior)."""
+    predictive = getattr(run.guide, "predictive_probs", None)
+    if predictive is None:
+        return None
+    probs = torch.zeros(len(images), run.data.num_classes, dtype=torch.float64)
+    with eval_mode(run.model):
+        for start, x in _test_inputs(run, images, batch_size, dist)():
+            probs[start:start + len(x)] = predictive(run.model, x, bn_stats).cpu()
+    if dist.active:
+        torch.distributed.all_reduce(probs)
+    return probs.float()
+
+
 Variant = tuple[torch.Tensor, torch.Tensor | None]  # averaged probs (n, C), draws (N, n, C)
 
 
@@ -255,26 +274,45 @@ def _check_images(test: ImageData, run: Run, what: str) -> None:
                          f"run was trained on {tuple(run.data.train_x.shape[1:])}")
 
 
+def shift_subset_index(num_items: int, size: int | None, seed: int = 0) -> torch.Tensor | None:
+    """The sorted indices of a seeded subset of ``size`` of ``num_items`` shifted test items
+    (None: all of them): 75 shifted copies of a 10k test set cost 75 test passes per draw."""
+    if size is None or size >= num_items:
+        return None
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"shift_subset must be a positive integer, got {size!r}")
+    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))
+    return order[:size].sort().values
+
+
 def shift_sets(run: Run, test: ImageData, shift: str, corruptions: Sequence[str] | None = None,
                severities: Sequence[int] | None = None, seed: int = 0,
-               cache_dir: Path | None = None) -> Iterator[tuple[str, int, torch.Tensor,
-                                                                torch.Tensor]]:
+               cache_dir: Path | None = None, subset: int | None = None
+               ) -> Iterator[tuple[str, int, torch.Tensor, torch.Tensor]]:
     """(corruption, severity, images, labels) of ``shift``: ``corruptions`` (the test set of
     ``test`` corrupted, generated from ``seed`` and cached) or ``cifar10c:FOLDER`` (the
-    published files, for a run with CIFAR-10's classes)."""
+    published files, for a run with CIFAR-10's classes); ``subset``: a seeded subset of that
+    many items of each set (:func:`shift_subset_index`)."""
     check_shift(shift)
     if shift == "corruptions":
         if is_lazy(test.test_x):
             raise ValueError("--shift corruptions needs an in-memory test set, not lazy images")
+        keep = shift_subset_index(len(test.test_y), subset, seed)
+        images, labels = (test.test_x, test.test_y) if keep is None else (test.test_x[keep],
+                                                                           test.test_y[keep])
         for name in check_corruptions(corruptions):
             for s in check_severities(severities):
-                yield name, s, cached_corrupt(test.test_x, name, s, seed, cache_dir), test.test_y
+                yield name, s, cached_corrupt(images, name, s, seed, cache_dir), labels
     else:
         if run.data.classes != CIFAR10_CLASSES:
             raise ValueError(f"CIFAR-10-C has CIFAR-10's classes; the run was trained on "
                              f"{run.data.classes}")
         check_corruptions(corruptions)
-        yield from cifar10c_sets(Path(shift.split(":", 1)[1]), corruptions, severities)
+        for name, s, images, labels in cifar10c_sets(Path(shift.split(":", 1)[1]), corruptions,
+                                                     severities):
+            keep = shift_subset_index(len(labels), subset, seed)
+            yield (name, s, images, labels) if keep is None else (name, s, images[keep],
+                                                                  labels[keep])
 
 
 def _mean_shift(per_set: dict[str, dict[str, dict]]) -> dict:
@@ -299,14 +337,15 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
              calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
              shift: str | None = None, corruptions: Sequence[str] | None = None,
              severities: Sequence[int] | None = None, ood: torch.Tensor | None = None,
-             cache_dir: Path | None = None) -> dict:
+             cache_dir: Path | None = None, shift_subset: int | None = None) -> dict:
     """Metrics of N-sample averages in ``form`` on the test split of ``test`` (default: the
     run's data), with uncertainty and temperature-scaled metrics (see docs/uncertainty.md).
 
     ``calibration``: held-out (images, labels) the temperature is fitted on (default: a seeded
     subset of the training items, in-sample). ``shift``: ``corruptions`` or
     ``cifar10c:FOLDER``, restricted to ``corruptions`` and ``severities`` when given (generated
-    corruptions are cached in ``cache_dir``). ``ood``: uint8 images of another distribution
+    corruptions are cached in ``cache_dir``), each set to a seeded subset of ``shift_subset``
+    items when given. ``ood``: uint8 images of another distribution
     (the run's input shape) to tell from the test set.
     """
     check_form(form)
@@ -317,6 +356,7 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
         check_shift(shift)
         check_corruptions(corruptions)
         check_severities(severities)
+        shift_subset_index(len(test.test_y), shift_subset)
     in_sample = calibration is None
     calib_x, calib_y = calibration_subset(run, seed=seed) if in_sample else calibration
     pyro.set_rng_seed(seed)
@@ -340,12 +380,18 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
         "calibration": IN_SAMPLE if in_sample else f"held-out ({len(calib_y)} items)",
         "num_calibration": len(calib_y),
     }
+    bn_stats = {k: v[0] for k, v in predictor.posterior.bn_stats.items()}
+    closed = closed_form_probs(run, test.test_x, bn_stats, dist=dist)
+    if closed is not None:  # beside the N-sample Monte Carlo averages
+        calibrating_closed = closed_form_probs(run, calib_x, bn_stats, dist=dist)
+        result["probit"] = _test_metrics(closed, None, labels, (calibrating_closed, calib_y))
     if shift is not None:
         per_set: dict[str, dict] = {}
         for name, severity, images, shifted_labels in shift_sets(
-                run, test, shift, corruptions, severities, seed, cache_dir):
+                run, test, shift, corruptions, severities, seed, cache_dir, shift_subset):
             per_set.setdefault(name, {})[str(severity)] = _shift_metrics(
                 predictor, images, shifted_labels)
+            result["num_shift"] = len(shifted_labels)
         result["shift"] = {**per_set, "mean": _mean_shift(per_set)}
         result["shift_source"] = shift if shift != "corruptions" else f"corruptions (seed {seed})"
     if ood is not None:
@@ -377,7 +423,7 @@ def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: st
                  calibration_data: str | None = None, shift: str | None = None,
                  corruptions: Sequence[str] | None = None,
                  severities: Sequence[int] | None = None, ood: str | None = None,
-                 cache_dir: Path | None = None) -> dict:
+                 cache_dir: Path | None = None, shift_subset: int | None = None) -> dict:
     """Load the run folder ``path`` and evaluate it (on ``data``'s test split when given, on
     ``device`` when given, else on the run's own device); ``calibration_data``: a spec whose
     test split is the held-out set of temperature scaling; ``ood``: a spec whose test split is
@@ -399,7 +445,7 @@ def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: st
         calibration = (held_out.test_x, held_out.test_y)
     result = evaluate(run, samples, test, bn_batches, seed, progress, dist, form, calibration,
                       shift, corruptions, severities,
-                      None if ood is None else ood_images(ood, run), cache_dir)
+                      None if ood is None else ood_images(ood, run), cache_dir, shift_subset)
     result["run"] = str(path)
     result["data"] = evaluated
     if calibration_data is not None:

@@ -104,8 +104,9 @@ class Method:
     knob groups it reads (:mod:`.options`), its own defaults for shared knobs, an extra
     ``check(config)``, whether it trains as independent member runs (an ensemble), its own
     ``lr(config, epoch)`` (else the config's step schedule), ``after_step(config, guide, epoch,
-    step, steps)`` run after every training step, and ``post_hoc`` for a method fitted to a
-    finished run rather than trained."""
+    step, steps)`` run after every training step, ``clip(config, guide)``: the parameters whose
+    gradients are scaled to a total norm at most (and that norm) before every update, and
+    ``post_hoc`` for a method fitted to a finished run rather than trained."""
 
     build: Callable[[nn.Module, TrainConfig, int], tuple[BayesianNetwork, PyroModule]]
     description: str
@@ -116,6 +117,7 @@ class Method:
     trains_members: bool = False
     lr: Callable[[TrainConfig, int], float] | None = None
     after_step: Callable[[TrainConfig, PyroModule, int, int, int], None] | None = None
+    clip: Callable[[TrainConfig, PyroModule], tuple[list, float] | None] | None = None
     post_hoc: PostHoc | None = None
 
 
@@ -150,7 +152,12 @@ def _bbb(net, config: TrainConfig, num_data: int):
 
 def _bayes_hypernet(net, config: TrainConfig, num_data: int):
     model = WeightNormNetwork(net, num_data)
-    return model, ScaleFlow(model, config.flow_layers, config.flow_hidden, config.init_scale)
+    return model, ScaleFlow(model, config.flow_layers, config.flow_hidden, config.init_scale,
+                            config.flow_scale_bound)
+
+
+def _flow_clip(config: TrainConfig, guide: ScaleFlow) -> tuple[list, float] | None:
+    return (list(guide.parameters()), config.flow_grad_norm) if config.flow_grad_norm else None
 
 
 def _mc_dropout(net, config: TrainConfig, num_data: int):
@@ -227,7 +234,7 @@ METHODS: dict[str, Method] = {
     "bayes-hypernet": Method(_bayes_hypernet, "Bayesian hypernetwork: weight-normalised convs, a "
                                               "real-NVP flow over their scales, ELBO "
                                               "(Krueger et al. 2017)", _elbo,
-                             (ELBOOptions, FlowOptions)),
+                             (ELBOOptions, FlowOptions), clip=_flow_clip),
     "mc-dropout": Method(_mc_dropout, "WideResNet dropout kept on at test time, N passes "
                                       "averaged (Gal & Ghahramani 2016)",
                          defaults={"drop_rate": MC_DROPOUT_RATE}, check=_needs_dropout),

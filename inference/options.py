@@ -155,9 +155,19 @@ class FlowOptions:
 
     flow_layers: int = knob(4, "affine coupling layers (default 4)", "K")
     flow_hidden: int = knob(64, "hidden units of each coupling net (default 64)", "H")
+    flow_scale_bound: float = knob(2.0, "each coupling's log-scale is B tanh(s / B) (default 2; "
+                                        "0: Pyro's clamp to [-5, 3], which diverges on c10-10k)",
+                                   "B")
+    flow_grad_norm: float = knob(10.0, "the flow's gradients are scaled to this total norm at "
+                                       "most, every step (Krueger et al.'s 10; 0: off)", "G")
 
     def check(self) -> None:
         _positive(self, "flow_layers", "flow_hidden")
+        if not 0 <= self.flow_scale_bound <= 3:
+            raise ValueError(f"flow_scale_bound must be in [0, 3] (0: Pyro's clamp), got "
+                             f"{self.flow_scale_bound}")
+        if not self.flow_grad_norm >= 0:
+            raise ValueError(f"flow_grad_norm must be >= 0 (0: off), got {self.flow_grad_norm}")
 
 
 @dataclass

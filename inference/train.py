@@ -154,12 +154,14 @@ def make_loss(config: TrainConfig, epoch: int = 0):
 
 
 def train_step(model, guide, loss_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, likelihood_weight: float = 1.0, precision: str = "fp32"
+               y: torch.Tensor, likelihood_weight: float = 1.0, precision: str = "fp32",
+               clip: tuple[list[torch.Tensor], float] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One update on the mini-batch (x, y): returns the loss and the number classified right,
     as tensors on the device (reading them would synchronise host and device: the loop reads
     them every ``SYNC_EVERY`` steps). ``precision="bf16"`` runs the forward pass and the loss
-    under bfloat16 autocast.
+    under bfloat16 autocast. ``clip`` (parameters, max norm): their gradients are scaled to
+    that total norm at most before the update.
 
     A non-finite loss is left to the caller to detect (it then stops before checkpointing).
     """
@@ -169,6 +171,8 @@ def train_step(model, guide, loss_fn, optimizer: torch.optim.Optimizer, x: torch
     release_grads(model, guide)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(*clip)
     optimizer.step()
     return loss.detach(), (logits.argmax(-1) == y).sum()
 
@@ -396,6 +400,8 @@ class _Loop:
         config, dist = self.config, self.dist
         epoch, first, order, tally = self.restore(state)
         after_step = METHODS[config.method].after_step
+        clip = METHODS[config.method].clip
+        clip = clip(config, self.run.guide) if clip is not None else None
         while epoch < config.epochs:
             lr = learning_rate(config, epoch)
             loss_fn = make_loss(config, epoch)
@@ -415,7 +421,7 @@ class _Loop:
                     self.run.guide.spread = z_spread(config, epoch, step, self.steps)
                 loss, correct = train_step(self.model, self.guide, loss_fn, self.optimizer, x,
                                            y, likelihood_weight=len(y) * dist.world / total,
-                                           precision=config.precision)
+                                           precision=config.precision, clip=clip)
                 if after_step is not None:
                     after_step(config, self.run.guide, epoch, step, self.steps)
                 pending.append((step, loss, correct, len(y)))

@@ -24,9 +24,9 @@ from operator import attrgetter
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions.transforms import AffineTransform, Permute, affine_coupling
+from pyro.distributions.transforms import AffineCoupling, AffineTransform, Permute
 from pyro.infer.autoguide.utils import deep_setattr
-from pyro.nn import PyroModule
+from pyro.nn import DenseNN, PyroModule
 from torch import nn
 from torch.nn import functional as F
 
@@ -84,21 +84,49 @@ class WeightNormNetwork(BayesianNetwork):
         return tensors
 
 
+class BoundedCouplingNet(DenseNN):
+    """A coupling's conditioner whose log-scale output is bounded smoothly, ``B tanh(s / B)``
+    (Dinh et al. 2017 bound theirs with tanh), so its gradient vanishes as it saturates.
+
+    Pyro's :class:`~pyro.distributions.transforms.AffineCoupling` clamps the log-scale to
+    [-5, 3] but passes the gradient through the clamp: the KL's entropy term then keeps pushing
+    a clamped log-scale outwards, the conditioner's weights grow without bound, and the flow
+    overflows (the c10-10k run diverged at global step 321: ``docs/methods.md``). ``bound`` 0
+    leaves the log-scale to Pyro's clamp.
+    """
+
+    def __init__(self, dim: int, hidden: int, bound: float):
+        split = dim // 2
+        super().__init__(split, [hidden], param_dims=[dim - split, dim - split])
+        self.bound = bound
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_scale = super().forward(x)
+        if self.bound:
+            log_scale = self.bound * torch.tanh(log_scale / self.bound)
+        return mean, log_scale
+
+
 class ScaleFlow(GuideContract, PyroModule):
-    """q(g): N(0, I) noise through ``layers`` affine couplings (hidden width ``hidden``) and an
-    elementwise affine map, sampled at the model's ``scales`` site."""
+    """q(g): N(0, I) noise through ``layers`` affine couplings (hidden width ``hidden``, log-scales
+    bounded by ``scale_bound``: :class:`BoundedCouplingNet`) and an elementwise affine map,
+    sampled at the model's ``scales`` site."""
 
     def __init__(self, model: WeightNormNetwork, layers: int = 4, hidden: int = 64,
-                 init_scale: float = 0.01):
+                 init_scale: float = 0.01, scale_bound: float = 2.0):
         super().__init__()
         if layers < 1 or hidden < 1:
             raise ValueError(f"the flow needs layers >= 1 and hidden >= 1, got {layers}, {hidden}")
         if not init_scale > 0:
             raise ValueError(f"init_scale must be > 0, got {init_scale}")
+        if not 0 <= scale_bound <= 3:  # Pyro's clamp stops log-scales at 3 anyway
+            raise ValueError(f"scale_bound must be in [0, 3] (0: Pyro's clamp), got {scale_bound}")
         dim = model.sites[0].shape[0]
         self.loc = nn.Parameter(model.initial_scales())
         self.rho = nn.Parameter(torch.full((dim,), inverse_softplus(init_scale)))
-        self.couplings = nn.ModuleList(affine_coupling(dim, [hidden]) for _ in range(layers))
+        self.couplings = nn.ModuleList(
+            AffineCoupling(dim // 2, BoundedCouplingNet(dim, hidden, scale_bound))
+            for _ in range(layers))
         for coupling in self.couplings:  # start at the identity
             nn.init.zeros_(coupling.nn.layers[-1].weight)
             nn.init.zeros_(coupling.nn.layers[-1].bias)

@@ -129,14 +129,16 @@ class LastLayerLaplace(GuideContract, PyroModule):
         return covariance
 
     @torch.no_grad()
-    def predictive_probs(self, model: BayesianNetwork, x: torch.Tensor) -> torch.Tensor:
+    def predictive_probs(self, model: BayesianNetwork, x: torch.Tensor,
+                         bn_stats: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The GLM predictive's class probabilities on ``x`` (batch, C), probit-approximated:
-        softmax(f_MAP / sqrt(1 + pi/8 diag(J P^-1 J^T))). BN uses the model's statistics."""
+        softmax(f_MAP / sqrt(1 + pi/8 diag(J P^-1 J^T))). BN uses ``bn_stats`` (by model
+        site, e.g. one frozen sample's recalibrated ones) when given, else the model's."""
         captured = []
         hook = model.net.get_submodule(self.layer).register_forward_pre_hook(
             lambda module, inputs: captured.append(inputs[0]))
         try:
-            logits = model.logits(x, self._split(self.mean)).float()
+            logits = model.logits(x, {**self._split(self.mean), **(bn_stats or {})}).float()
         finally:
             hook.remove()
         variance = self.logit_covariance(captured[0].flatten(1).float()).diagonal(dim1=1, dim2=2)

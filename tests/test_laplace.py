@@ -109,6 +109,17 @@ def test_laplace_run_holds_its_config_checkpoint_and_evaluates(map_run, tmp_path
     result = json.loads(out.read_text())
     assert result["method"] == "laplace" and math.isfinite(result["samples"]["8"]["nll"])
     assert len(set(result["x1_draws"])) >= 1
+    # the closed-form GLM probit predictive beside the Monte Carlo averages; its mean is the
+    # MAP layer, so it ranks classes almost as the MAP run does
+    probit = result["probit"]
+    assert {"error", "nll", "ece", "brier", "calibrated"} <= set(probit)
+    assert all(math.isfinite(probit[k]) for k in ("error", "nll", "ece", "brier"))
+    map_out = tmp_path / "map.json"
+    assert main(["evaluate", str(map_run), "--samples", "1", "--bn-batches", "1", "--json",
+                 str(map_out)]) == 0
+    plain = json.loads(map_out.read_text())
+    assert "probit" not in plain
+    assert abs(probit["error"] - plain["samples"]["1"]["error"]) <= 0.05
 
 
 def _refused(capsys, argv, *words):

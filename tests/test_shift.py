@@ -94,8 +94,9 @@ def test_evaluate_shift_and_ood_end_to_end(tmp_path, monkeypatch):
     assert main(["evaluate", str(run), "--samples", "1,2", "--bn-batches", "2", "--json",
                  str(out), "--shift", "corruptions", "--shift-corruptions",
                  "gaussian_noise,glass_blur", "--shift-severities", "1,5",
-                 "--ood", "digits"]) == 0
+                 "--shift-subset", "100", "--ood", "digits"]) == 0
     result = json.loads(out.read_text())
+    assert result["num_shift"] == 100 and result["num_test"] == 450
     for n in ("1", "2"):
         m = result["samples"][n]
         assert {"error", "nll", "ece", "brier", "aleatoric", "epistemic"} <= set(m)
@@ -114,3 +115,15 @@ def test_evaluate_shift_and_ood_end_to_end(tmp_path, monkeypatch):
     assert main(["evaluate", str(run), "--calibration-data", "digits"]) == 2
     assert main(["evaluate", str(run), "--shift", "corruptions",
                  "--shift-corruptions", "rain"]) == 2
+
+
+def test_shift_subset_is_a_fixed_seeded_subset():
+    from pyro_implicit.inference.evaluate import shift_subset_index
+
+    a, b = shift_subset_index(1000, 100, seed=3), shift_subset_index(1000, 100, seed=3)
+    assert torch.equal(a, b) and len(a) == 100 and len(set(a.tolist())) == 100
+    assert torch.equal(a, a.sort().values) and a.max() < 1000
+    assert not torch.equal(a, shift_subset_index(1000, 100, seed=4))
+    assert shift_subset_index(1000, None) is None and shift_subset_index(50, 100) is None
+    with pytest.raises(ValueError, match="shift_subset"):
+        shift_subset_index(1000, 0)
