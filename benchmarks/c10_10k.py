@@ -21,6 +21,7 @@ Then: python benchmarks/c10_10k_report.py   (tables and plots from the JSON file
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -30,9 +31,9 @@ from runner import driver_arguments, run_and_evaluate  # noqa: E402
 
 from pyro_implicit.inference import TrainConfig  # noqa: E402
 from pyro_implicit.inference.ensemble import MEMBERS, member_config  # noqa: E402
-from pyro_implicit.inference.methods import MC_DROPOUT_RATE  # noqa: E402
+from pyro_implicit.inference.methods import MC_DROPOUT_RATE, METHODS  # noqa: E402
 from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
-from pyro_implicit.inference.runs import CONFIG  # noqa: E402
+from pyro_implicit.inference.runs import CONFIG, is_finished  # noqa: E402
 
 SAMPLES = (1, 2, 4, 8, 16)
 # widening at N draws builds an N-times wider net from N^2 draws (N^2 times the FLOPs): N <= 4
@@ -52,6 +53,7 @@ RUNS: dict[str, tuple[dict, dict[str, dict]]] = {
     "ensemble-s0": (dict(method="ensemble", members=4, member_method="map"), {"": {}}),
     "map-s1": (dict(method="map", seed=1), {"": {}}),  # trained as ensemble members
     "map-s2": (dict(method="map", seed=2), {"": {}}),
+    "map-s3": (dict(method="map", seed=3), {"": {}}),
     "hypernet-blockwise-normal-s0": (_hypernet(strategy="block-wise"),
                                      {"": {}, ".parallelizing": {"form": "parallelizing"}}),
     "hypernet-layerwise-normal-s0": (_hypernet(strategy="layer-wise"),
@@ -62,6 +64,9 @@ RUNS: dict[str, tuple[dict, dict[str, dict]]] = {
     "bbb-s0": (dict(method="bbb", local_reparam=True), {"": {}}),
     "bayes-hypernet-s0": (dict(method="bayes-hypernet"), {"": {}}),
     "mc-dropout-s0": (dict(method="mc-dropout", drop_rate=MC_DROPOUT_RATE), {"": {}}),
+    "swag-s0": (dict(method="swag"), {"": {}}),
+    # post hoc on map-s0 (RUNS/map-s0 must be finished): no training of its own
+    "laplace-s0": (dict(method="laplace"), {"": {}}),
     "hypernet-normal-s1": (_hypernet(seed=1), {"": {}}),
     "hypernet-normal-s2": (_hypernet(seed=2), {"": {}}),
     # does training longer let the N(0,1) noise be fitted? (the paper trains 800 epochs)
@@ -75,6 +80,16 @@ def config_for(name: str, data: str) -> TrainConfig:
     """The protocol's TrainConfig for run ``name`` (one of RUNS) reading ``data``."""
     changes, _ = RUNS[name]
     return TrainConfig(**{**C10_10K, "data": data, "recipe": "c10-10k", **changes})
+
+
+def post_hoc_source(config: TrainConfig, runs: Path) -> tuple[TrainConfig, Path | None]:
+    """``config`` fitted post hoc (laplace) to ``runs/map-s<seed>`` and that run folder, else
+    ``config`` and None."""
+    post_hoc = METHODS[config.method].post_hoc
+    if post_hoc is None:
+        return config, None
+    source = runs / f"{post_hoc.source}-s{config.seed}"
+    return dataclasses.replace(config, from_run=str(source)), source
 
 
 def link_members(name: str, config: TrainConfig, runs: Path) -> None:
@@ -122,6 +137,12 @@ def main() -> None:
             link_members(name, config, args.runs)
         except ValueError as err:  # a run folder left by another configuration: one line
             p.error(str(err))
+        config, source = post_hoc_source(config, args.runs)
+        if source is not None and not is_finished(source) \
+                and not (args.results / f"{name}.json").is_file():
+            print(f"{name}: skipped until {source} has finished (it is fitted to that run)",
+                  flush=True)
+            continue
         run_and_evaluate(name, config, args.runs, args.results, evaluations)
 
 

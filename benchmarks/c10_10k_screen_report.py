@@ -44,24 +44,9 @@ from pyro_implicit.inference.data import imagefolder_holdout  # noqa: E402
 from pyro_implicit.inference.evaluate import sample_probs  # noqa: E402
 from pyro_implicit.inference.outputs import write_json, write_text  # noqa: E402
 from pyro_implicit.inference.runs import is_finished, load_run  # noqa: E402
+from pyro_implicit.uncertainty import deep_ensemble_equivalent, gap_closed  # noqa: E402
 
 REFERENCES = ("map", "hypernet-normal", "hypernet-uniform01")
-
-
-def gap_closed(value: float, map_value: float, ensemble_value: float) -> float:
-    """Where ``value`` lies between MAP (0) and the ensemble (1); above 1 beats the ensemble."""
-    return (map_value - value) / (map_value - ensemble_value)
-
-
-def ensemble_equivalent(nll: float, curve: Sequence[float]) -> float:
-    """The number of averaged members (1..len(curve), interpolated linearly) whose NLL is
-    ``nll``, on a decreasing member curve ``curve[k - 1]``; clamped to the curve's ends."""
-    if nll >= curve[0]:
-        return 1.0
-    for k in range(1, len(curve)):
-        if nll >= curve[k]:
-            return k + (curve[k - 1] - nll) / (curve[k - 1] - curve[k])
-    return float(len(curve))
 
 
 def member_curve(runs: Path, cache: Path) -> dict | None:
@@ -105,7 +90,8 @@ def summarise(results: dict[str, dict], curve: dict | None, tolerance: float) ->
             single, full = curve["single"], {k: curve[k][-1] for k in ("error", "nll")}
             row["gap_closed"] = {k: gap_closed(row[f"x16_{k}"], single[k], full[k])
                                  for k in ("error", "nll")}
-            row["deep_ensemble_equivalent"] = ensemble_equivalent(row["x16_nll"], curve["nll"])
+            row["deep_ensemble_equivalent"] = deep_ensemble_equivalent(row["x16_nll"],
+                                                                       curve["nll"])
         rows[name] = row
     base = rows.get("map", {}).get("x1_error")
     eligible = sorted((n for n, r in rows.items() if "x1_error" in r and n not in ENSEMBLE

@@ -75,17 +75,18 @@ def run_and_evaluate(name: str, config: TrainConfig, runs: Path, results: Path,
 
 
 def driver_arguments(description: str, runs: Sequence[str], data: str, folder: str,
-                     extra: Callable[[argparse.ArgumentParser], None] | None = None
+                     extra: Callable[[argparse.ArgumentParser], None] | None = None,
+                     runs_folder: str | None = None
                      ) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str] | None]:
     """A driver's command line: ``--only NAME ...``, ``--list``, ``--data``, ``--runs``
-    (default ``runs/FOLDER``), ``--results`` (``benchmarks/results/FOLDER``) and ``extra``
-    flags; the run names to do, or None after ``--list`` printed them. An unknown name is one
-    argparse error line."""
+    (default ``runs/RUNS_FOLDER``, by default FOLDER), ``--results``
+    (``benchmarks/results/FOLDER``) and ``extra`` flags; the run names to do, or None after
+    ``--list`` printed them. An unknown name is one argparse error line."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"run these only: {', '.join(runs)}")
     p.add_argument("--list", action="store_true", help="print the run names and exit")
     p.add_argument("--data", default=data)
-    p.add_argument("--runs", type=Path, default=Path("runs") / folder)
+    p.add_argument("--runs", type=Path, default=Path("runs") / (runs_folder or folder))
     p.add_argument("--results", type=Path, default=Path("benchmarks/results") / folder)
     if extra is not None:
         extra(p)

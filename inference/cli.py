@@ -166,7 +166,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                           seed=args.seed, form=args.form, device=args.device,
                           calibration_data=args.calibration_data, shift=args.shift,
                           corruptions=args.shift_corruptions, severities=args.shift_severities,
-                          ood=args.ood, shift_subset=args.shift_subset)
+                          ood=args.ood, shift_subset=args.shift_subset,
+                          dee_runs=args.dee_runs)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     rows = {f"x{n}": m for n, m in result["samples"].items()}
@@ -282,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--shift-subset", default=None, metavar="K", type=positive_int,
                     help="evaluate each shifted set on a seeded subset of K items (default: "
                          "all; 75 corrupted copies cost 75 test passes per draw)")
+    ev.add_argument("--dee-runs", default=None, metavar="RUN,...",
+                    type=lambda text: [Path(v.strip()) for v in text.split(",") if v.strip()],
+                    help="independently trained map runs: report each N's deep-ensemble "
+                         "equivalent (members whose average matches its calibrated NLL)")
     ev.add_argument("--ood", default=None, metavar="SPEC",
                     help="AUROC/AUPR of telling this dataset's test split (fitted to the run's "
                          "input size, e.g. digits) from the test set")

@@ -25,6 +25,7 @@ from pyro_implicit.model import batchnorm_layers
 from pyro_implicit.posterior import sample_logits
 from pyro_implicit.uncertainty import (
     aurc,
+    deep_ensemble_equivalent,
     detection_metrics,
     expected_entropy,
     fit_temperature,
@@ -322,6 +323,43 @@ def _mean_shift(per_set: dict[str, dict[str, dict]]) -> dict:
             for n in records[0]}
 
 
+def check_members(members: Sequence[Run], test: ImageData) -> None:
+    """Refuse deep-ensemble members that are not point estimates or not of ``test``'s classes
+    and image size."""
+    for member in members:
+        if not member.guide.is_point:
+            raise ValueError(f"deep-ensemble members are point estimates (map or mle runs); "
+                             f"got a {member.config.method} run")
+        _check_images(test, member, "evaluation data")
+
+
+def member_curve(members: Sequence[Run], test: ImageData,
+                 calibration: tuple[torch.Tensor, torch.Tensor], bn_batches: int | None = None,
+                 seed: int = 0, progress: bool | None = None, dist: Dist = SINGLE) -> dict:
+    """NLL of the averages of the first k = 1..K of ``members`` (independently trained point
+    estimates: map or mle runs) on ``test``, raw and temperature-scaled on ``calibration``
+    (the curve a deep-ensemble equivalent interpolates on)."""
+    check_members(members, test)
+    tested, calibrating = [], []
+    for member in members:
+        pyro.set_rng_seed(seed)
+        posterior = _freeze(member, 1, bn_batches, progress, dist)
+        tested.append(_posterior_probs(member, posterior, test.test_x, 1, progress=progress,
+                                       dist=dist)[0])
+        calibrating.append(_posterior_probs(member, posterior, calibration[0], 1,
+                                            progress=progress, dist=dist)[0])
+    curve: dict = {"nll": [], "calibrated_nll": [], "error": []}
+    for k in range(1, len(members) + 1):
+        average, calibrating_average = torch.stack(tested[:k]).mean(0), torch.stack(
+            calibrating[:k]).mean(0)
+        scaled = temperature_scale(average, fit_temperature(calibrating_average,
+                                                            calibration[1]))
+        curve["nll"].append(nll(average, test.test_y))
+        curve["calibrated_nll"].append(nll(scaled, test.test_y))
+        curve["error"].append(error(average, test.test_y))
+    return curve
+
+
 def calibration_subset(run: Run, size: int = CALIBRATION_SIZE,
                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed seeded subset of ``size`` training items (images, labels): in-sample for the
@@ -337,7 +375,8 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
              calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
              shift: str | None = None, corruptions: Sequence[str] | None = None,
              severities: Sequence[int] | None = None, ood: torch.Tensor | None = None,
-             cache_dir: Path | None = None, shift_subset: int | None = None) -> dict:
+             cache_dir: Path | None = None, shift_subset: int | None = None,
+             dee_members: Sequence[Run] | None = None) -> dict:
     """Metrics of N-sample averages in ``form`` on the test split of ``test`` (default: the
     run's data), with uncertainty and temperature-scaled metrics (see docs/uncertainty.md).
 
@@ -345,8 +384,9 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
     subset of the training items, in-sample). ``shift``: ``corruptions`` or
     ``cifar10c:FOLDER``, restricted to ``corruptions`` and ``severities`` when given (generated
     corruptions are cached in ``cache_dir``), each set to a seeded subset of ``shift_subset``
-    items when given. ``ood``: uint8 images of another distribution
-    (the run's input shape) to tell from the test set.
+    items when given. ``ood``: uint8 images of another distribution (the run's input shape)
+    to tell from the test set. ``dee_members``: independently trained map runs; each N then
+    gets its deep-ensemble equivalent ``dee`` (by calibrated NLL, on their 1..K member curve).
     """
     check_form(form)
     samples = check_samples(samples)
@@ -357,6 +397,7 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
         check_corruptions(corruptions)
         check_severities(severities)
         shift_subset_index(len(test.test_y), shift_subset)
+    check_members(dee_members or [], test)
     in_sample = calibration is None
     calib_x, calib_y = calibration_subset(run, seed=seed) if in_sample else calibration
     pyro.set_rng_seed(seed)
@@ -380,6 +421,13 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
         "calibration": IN_SAMPLE if in_sample else f"held-out ({len(calib_y)} items)",
         "num_calibration": len(calib_y),
     }
+    if dee_members:
+        curve = member_curve(dee_members, test, (calib_x, calib_y), bn_batches, seed, progress,
+                             dist)
+        for metrics in results.values():
+            metrics["dee"] = deep_ensemble_equivalent(metrics["calibrated"]["nll"],
+                                                      curve["calibrated_nll"])
+        result["dee_members"] = {"seeds": [m.config.seed for m in dee_members], **curve}
     bn_stats = {k: v[0] for k, v in predictor.posterior.bn_stats.items()}
     closed = closed_form_probs(run, test.test_x, bn_stats, dist=dist)
     if closed is not None:  # beside the N-sample Monte Carlo averages
@@ -423,11 +471,13 @@ def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: st
                  calibration_data: str | None = None, shift: str | None = None,
                  corruptions: Sequence[str] | None = None,
                  severities: Sequence[int] | None = None, ood: str | None = None,
-                 cache_dir: Path | None = None, shift_subset: int | None = None) -> dict:
+                 cache_dir: Path | None = None, shift_subset: int | None = None,
+                 dee_runs: Sequence[Path] | None = None) -> dict:
     """Load the run folder ``path`` and evaluate it (on ``data``'s test split when given, on
     ``device`` when given, else on the run's own device); ``calibration_data``: a spec whose
     test split is the held-out set of temperature scaling; ``ood``: a spec whose test split is
-    the out-of-distribution set; the rest as :func:`evaluate`."""
+    the out-of-distribution set; ``dee_runs``: map run folders, the members of the deep
+    ensemble equivalent; the rest as :func:`evaluate`."""
     config = read_config(path, device)
     dist = setup(config.device)  # before any model hits a GPU
     run = load_run(path, config=config)
@@ -443,9 +493,13 @@ def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: st
         held_out = load_data(calibration_data, None, run.config.data_root, run.config.download)
         _check_images(held_out, run, "calibration data")
         calibration = (held_out.test_x, held_out.test_y)
+    members = [load_run(p, device=config.device) for p in dee_runs or []]
     result = evaluate(run, samples, test, bn_batches, seed, progress, dist, form, calibration,
                       shift, corruptions, severities,
-                      None if ood is None else ood_images(ood, run), cache_dir, shift_subset)
+                      None if ood is None else ood_images(ood, run), cache_dir, shift_subset,
+                      members)
+    if members:
+        result["dee_members"]["runs"] = [str(p) for p in dee_runs]
     result["run"] = str(path)
     result["data"] = evaluated
     if calibration_data is not None:

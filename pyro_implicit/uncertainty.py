@@ -1,5 +1,5 @@
 """Uncertainty of a Bayesian model average: entropy decomposition, selective prediction,
-out-of-distribution detection scores and temperature scaling.
+out-of-distribution detection scores, temperature scaling, and its worth in ensemble members.
 
 ``draws`` are per-draw class probabilities of shape (N, n, C); the model average is their mean
 over N. Predictive entropy H[E p] = expected entropy E H[p] (aleatoric) + mutual information
@@ -8,7 +8,7 @@ over N. Predictive entropy H[E p] = expected entropy E H[p] (aleatoric) + mutual
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -145,6 +145,26 @@ def fit_temperature(probs: torch.Tensor, labels: torch.Tensor,
 def temperature_scale(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """softmax(log(probs) / T): ``probs`` sharpened (T < 1) or softened (T > 1)."""
     return (_log(probs) / temperature).softmax(-1)
+
+
+def deep_ensemble_equivalent(nll: float, member_curve: Sequence[float]) -> float:
+    """The deep-ensemble equivalent of ``nll`` (Ashukha et al. 2020): the number of averaged,
+    independently trained members (1..K, interpolated linearly) whose NLL is ``nll``, on the
+    decreasing curve ``member_curve[k - 1]`` = NLL of k averaged members; clamped to [1, K]."""
+    if not member_curve:
+        raise ValueError("the member curve needs the NLL of at least one member")
+    if nll >= member_curve[0]:
+        return 1.0
+    for k in range(1, len(member_curve)):
+        if nll >= member_curve[k]:
+            return k + (member_curve[k - 1] - nll) / (member_curve[k - 1] - member_curve[k])
+    return float(len(member_curve))
+
+
+def gap_closed(value: float, single: float, ensemble: float) -> float:
+    """Where ``value`` lies between one member (``single``: 0) and the ensemble (1), for a
+    lower-is-better metric; above 1 beats the ensemble, below 0 is worse than one member."""
+    return (single - value) / (single - ensemble)
 
 
 def plot_selective(curves: Mapping[str, tuple[torch.Tensor, torch.Tensor]], ax=None):

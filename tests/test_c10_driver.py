@@ -80,3 +80,18 @@ def test_a_diverged_run_is_recorded_once_and_reported(tmp_path, monkeypatch):
     row = report.table_row("bayes-hypernet-s0", recorded)
     assert "diverged after 2 epochs" in row and row.endswith("| 20.0 |")
     assert row.count(" | ") == 2 + len(report.DIGITS)  # as many cells as a finished run's row
+
+
+def test_laplace_row_is_fitted_to_the_map_run_of_its_seed(tmp_path):
+    import runner
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    config, source = driver.post_hoc_source(TrainConfig(**TINY, method="laplace"), runs)
+    assert source == runs / "map-s0" and config.from_run == str(source)
+    assert driver.post_hoc_source(TrainConfig(**TINY, method="map"), runs)[1] is None
+    runner.run_and_evaluate("map-s0", TrainConfig(**TINY, method="map"), runs, results,
+                            {"": {"samples": (1,), "bn_batches": 1}})
+    out = runner.run_and_evaluate("laplace-s0", config, runs, results,
+                                  {"": {"samples": (1, 4), "bn_batches": 1}})[""]
+    assert out["method"] == "laplace" and "probit" in out and out["samples"]["4"]["nll"] > 0
+    assert len(out["history"]) == TINY["epochs"]  # the source's training, none of its own

@@ -1,5 +1,8 @@
 """Uncertainty metrics: agreement with torchmetrics / scikit-learn, temperature scaling, the
-entropy decomposition, selective prediction and OOD detection scores."""
+entropy decomposition, selective prediction, OOD detection scores and the deep-ensemble
+equivalent."""
+
+import json
 
 import matplotlib
 import pytest
@@ -13,6 +16,7 @@ from pyro_implicit.uncertainty import (
     aupr,
     aurc,
     auroc,
+    deep_ensemble_equivalent,
     detection_metrics,
     expected_entropy,
     fit_temperature,
@@ -108,3 +112,51 @@ def test_selective_curve_and_aurc():
     assert aurc(torch.zeros(3), errors) == pytest.approx(1 / 3)
     ax = plot_selective({"entropy": (coverage, risk)})
     assert ax.get_xlabel() == "fraction kept"
+
+
+def test_evaluate_reports_the_deep_ensemble_equivalent_of_every_n(tmp_path, capsys):
+    from pyro_implicit.inference.cli import main
+
+    tiny = ["--model", "wrn-10-1", "--data", "digits", "--train-subset", "120", "--epochs", "1",
+            "--batch-size", "32"]
+    maps = []
+    for seed in (0, 1):
+        maps.append(tmp_path / f"map-s{seed}")
+        assert main(["train", *tiny, "--method", "map", "--seed", str(seed), "--out",
+                     str(maps[-1])]) == 0
+    hyper, out = tmp_path / "hypernet", tmp_path / "eval.json"
+    assert main(["train", *tiny, "--method", "hypernet", "--z-dim", "4", "--h-dim", "4",
+                 "--out", str(hyper)]) == 0
+    members = ",".join(map(str, maps))
+    assert main(["evaluate", str(hyper), "--samples", "1,4", "--bn-batches", "1",
+                 "--dee-runs", members, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    curve = result["dee_members"]
+    assert curve["runs"] == [str(p) for p in maps] and curve["seeds"] == [0, 1]
+    assert len(curve["nll"]) == len(curve["calibrated_nll"]) == len(curve["error"]) == 2
+    for n in ("1", "4"):
+        expected = deep_ensemble_equivalent(result["samples"][n]["calibrated"]["nll"],
+                                            curve["calibrated_nll"])
+        assert result["samples"][n]["dee"] == expected and 1 <= expected <= 2
+    # a member's own single network is worth exactly one member
+    assert main(["evaluate", str(maps[0]), "--samples", "1", "--bn-batches", "1",
+                 "--dee-runs", members, "--json", str(out)]) == 0
+    mine = json.loads(out.read_text())
+    assert mine["samples"]["1"]["calibrated"]["nll"] == pytest.approx(
+        mine["dee_members"]["calibrated_nll"][0])
+    assert mine["samples"]["1"]["dee"] == 1.0
+    # members must be point estimates: one clear line
+    capsys.readouterr()
+    assert main(["evaluate", str(maps[0]), "--dee-runs", str(hyper)]) == 2
+    err = capsys.readouterr().err
+    assert "point estimates" in err and err.count("\n") == 1
+
+
+def test_deep_ensemble_equivalent_interpolates_on_the_member_curve():
+    curve = [0.80, 0.70, 0.66, 0.64]
+    assert deep_ensemble_equivalent(0.85, curve) == 1.0
+    assert deep_ensemble_equivalent(0.75, curve) == pytest.approx(1.5)
+    assert deep_ensemble_equivalent(0.65, curve) == pytest.approx(3.5)
+    assert deep_ensemble_equivalent(0.50, curve) == 4.0
+    with pytest.raises(ValueError, match="at least one"):
+        deep_ensemble_equivalent(0.5, [])

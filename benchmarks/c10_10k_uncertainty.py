@@ -1,0 +1,95 @@
+"""Uncertainty evaluation of the ``c10-10k`` runs: calibrated likelihood, deep-ensemble
+equivalent, distribution shift and out-of-distribution detection, one JSON per run.
+
+Every finished run folder of ``benchmarks/c10_10k.py`` named in RUNS is evaluated on the test
+set with N in {1, 4, 16} (x1 the median of 5 draws, BN recalibrated per draw over 50 batches):
+
+- the temperature fitted on the validation split (the last 500 training files of each class,
+  outside the 10k subset, so held out; never ``test/``);
+- the deep-ensemble equivalent against the MAP runs of seeds 0-3 (``map-s0`` .. ``map-s3``);
+- the 15 CIFAR-10-C-style corruptions x 5 severities on a seeded 1,000-image subset of the test
+  set (generated once and cached);
+- out-of-distribution: scikit-learn's digits as 32x32 RGB.
+
+Writes ``RESULTS/NAME.json`` (the ``evaluate`` JSON plus the run's config and the evaluation's
+wall time). Finished JSONs are skipped; runs not yet trained are listed and skipped, so rerun it
+after ``benchmarks/c10_10k.py`` has trained more. Nothing is evaluated before the four MAP
+members of the deep-ensemble equivalent have finished.
+
+Usage: python benchmarks/c10_10k_uncertainty.py [--only NAME ...] [--list] [--runs runs/c10-10k]
+           [--results benchmarks/results/c10-10k-uncertainty]
+Then: python benchmarks/c10_10k_uncertainty_report.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runner import driver_arguments  # noqa: E402
+
+from pyro_implicit.inference.data import imagefolder_holdout  # noqa: E402
+from pyro_implicit.inference.evaluate import evaluate, ood_images  # noqa: E402
+from pyro_implicit.inference.outputs import write_json  # noqa: E402
+from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
+from pyro_implicit.inference.runs import is_finished, load_run  # noqa: E402
+
+RUNS = ("map-s0", "ensemble-s0", "mc-dropout-s0", "bbb-s0", "swag-s0", "laplace-s0",
+        "bayes-hypernet-s0", "hypernet-normal-s0", "hypernet-uniform01-s0", "hypernet-best-s0")
+DEE_MEMBERS = ("map-s0", "map-s1", "map-s2", "map-s3")
+SAMPLES = (1, 4, 16)
+BN_BATCHES = 50
+HOLDOUT_PER_CLASS = 500
+SHIFT_SUBSET = 1000
+OOD = "digits"
+
+
+def evaluate_uncertainty(name: str, runs: Path, data: str, held_out: tuple) -> dict:
+    """The uncertainty evaluation of the finished run ``runs/name`` (see the module docstring)."""
+    run = load_run(runs / name)
+    members = [load_run(runs / m) for m in DEE_MEMBERS]
+    t0 = time.perf_counter()
+    result = evaluate(run, SAMPLES, bn_batches=BN_BATCHES, progress=False,
+                      calibration=held_out, shift="corruptions", shift_subset=SHIFT_SUBSET,
+                      ood=ood_images(OOD, run), dee_members=members)
+    result["dee_members"]["runs"] = list(DEE_MEMBERS)
+    result.update(name=name, run=str(runs / name), data=data, ood_data=OOD,
+                  calibration=f"validation split (last {HOLDOUT_PER_CLASS} training files of "
+                              "each class, held out)",
+                  config=dataclasses.asdict(run.config), eval_wall=time.perf_counter() - t0)
+    return result
+
+
+def main() -> None:
+    _, args, names = driver_arguments(__doc__.splitlines()[0], list(RUNS), C10_10K["data"],
+                                      "c10-10k-uncertainty", runs_folder="c10-10k")
+    if names is None:
+        return
+    waiting = [m for m in DEE_MEMBERS if not is_finished(args.runs / m)]
+    if waiting:
+        print(f"waiting for the deep-ensemble members {waiting} (train them with "
+              f"benchmarks/c10_10k.py --only {' '.join(waiting)})", flush=True)
+        return
+    held_out = imagefolder_holdout(args.data, HOLDOUT_PER_CLASS, C10_10K["train_subset"])
+    for name in names:
+        out = args.results / f"{name}.json"
+        if out.is_file():
+            continue
+        if not is_finished(args.runs / name):
+            print(f"{name}: not trained yet, skipped", flush=True)
+            continue
+        result = evaluate_uncertainty(name, args.runs, args.data, held_out)
+        args.results.mkdir(parents=True, exist_ok=True)
+        write_json(out, result)
+        x16 = result["samples"]["16"]
+        print(f"{name}: x16 error {100 * x16['error']:.2f}%, calibrated NLL "
+              f"{x16['calibrated']['nll']:.3f}, DEE {x16['dee']:.2f}, shift mean error "
+              f"{100 * result['shift']['mean']['16']['error']:.2f}%, OOD AUROC (entropy) "
+              f"{result['ood']['16']['auroc']['entropy']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""benchmarks/c10_10k_uncertainty_report.py on real evaluate output of tiny runs: one table per
+kind (in-domain with the deep-ensemble equivalent, shift per severity, OOD) and the plot."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyro_implicit.inference.config import TrainConfig
+from pyro_implicit.inference.evaluate import evaluate, ood_images
+from pyro_implicit.inference.runs import load_run
+from pyro_implicit.inference.train import fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import c10_10k_uncertainty_report as report  # noqa: E402
+
+TINY = dict(model="wrn-10-1", data="digits", train_subset=120, epochs=1, batch_size=32,
+            z_dim=4, h_dim=4)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uncertainty")
+    for name, method, seed in (("map-s0", "map", 0), ("map-s1", "map", 1),
+                               ("hypernet-normal-s0", "hypernet", 0)):
+        fit(TrainConfig(**TINY, method=method, seed=seed), folder / name, progress=False)
+    members = [load_run(folder / "map-s0"), load_run(folder / "map-s1")]
+    out = {}
+    for name in ("map-s0", "hypernet-normal-s0"):
+        run = load_run(folder / name)
+        out[name] = json.loads(json.dumps(evaluate(
+            run, (1, 4), bn_batches=1, progress=False, shift="corruptions",
+            corruptions=["gaussian_noise", "contrast"], severities=[1, 3], shift_subset=60,
+            cache_dir=folder / "cache", ood=ood_images("digits", run), dee_members=members)))
+    return out
+
+
+def test_tables_hold_every_kind_at_the_largest_n(results, tmp_path):
+    for name, result in results.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+    report.main(["--results", str(tmp_path)])
+    table = (tmp_path / "table.md").read_text()
+    assert "## In-domain" in table and "## Shift" in table and "## Out of distribution" in table
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    hyper = summary["hypernet-normal-s0"]
+    assert hyper["n"] == 4
+    assert hyper["in_domain"]["dee"] == results["hypernet-normal-s0"]["samples"]["4"]["dee"]
+    assert set(hyper["shift"]) == {"1", "3"}
+    r = results["hypernet-normal-s0"]
+    expected = (r["shift"]["gaussian_noise"]["3"]["4"]["error"]
+                + r["shift"]["contrast"]["3"]["4"]["error"]) / 2
+    assert hyper["shift"]["3"]["error"] == pytest.approx(expected)
+    assert hyper["ood"] == r["ood"]["4"]
+    assert "| map-s0 | 4 |" in table and "Not evaluated yet:" in table
+    assert (tmp_path / "shift_vs_severity.png").stat().st_size > 0
