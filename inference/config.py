@@ -66,6 +66,28 @@ LIMITS = {"epochs": 100_000, "batch_size": 1 << 16, "z_dim": 1024, "h_dim": 1024
           "swag_rank": 1024}
 
 
+# Knobs added after runs of CONFIG_FORMAT 1 were written, with the value that reproduces a run
+# written before them (its config.json and checkpoint lack the key); every other missing key
+# takes its default, which is the old behaviour
+ADDED_LATER = {"flow_scale_bound": 0.0, "flow_grad_norm": 0.0}
+
+
+def complete_saved(raw: dict) -> dict:
+    """A saved config (``config.json``, a checkpoint's ``config``) with its missing knobs
+    filled: the :data:`ADDED_LATER` value of a knob added since, else the field's default."""
+    filled = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in raw:
+            continue
+        if f.name in ADDED_LATER:
+            filled[f.name] = ADDED_LATER[f.name]
+        elif f.default is not dataclasses.MISSING:
+            filled[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            filled[f.name] = f.default_factory()
+    return {**raw, **filled}
+
+
 def _kind(hint: object) -> tuple[tuple[type, ...], str]:
     """The accepted Python types of a field's type hint, and how to name them in a message."""
     args = set(typing.get_args(hint))
@@ -197,6 +219,6 @@ class TrainConfig(*OPTION_GROUPS):  # every method's knobs (see .options), flat
         if device is not None:
             raw["device"] = device
         try:
-            return cls(**raw).validate()
+            return cls(**complete_saved(raw)).validate()
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err

@@ -26,7 +26,7 @@ from pyro.nn import PyroModule
 from pyro_implicit import BayesianNetwork, sync_param_store
 
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, complete_saved
 from .data import Normalizer, load_data
 from .distributed import convert_sync_batchnorm
 from .folders import uint8_batches
@@ -224,6 +224,7 @@ def load_states(folder: Path, state: dict, run: Run, optimizer=None) -> None:
     path = folder / CHECKPOINT
     trained = state.get("config")  # absent in checkpoints of earlier versions
     if trained is not None:
+        trained = complete_saved(trained)  # knobs added since it was written, as config.json's
         mine = dataclasses.asdict(run.config)
         differ = sorted(k for k in set(mine) | set(trained)
                         if k not in IGNORED_IN_CHECK and mine.get(k) != trained.get(k))

@@ -1,6 +1,7 @@
 """Run folders and outputs never lose, mix or half-write a user's data; bad input anywhere (flags,
 config.json, checkpoints, paths) is refused in one line before any work."""
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -309,3 +310,26 @@ def test_a_users_network_and_data_round_trip_through_a_run_folder(tmp_path):
     with pytest.raises(ValueError, match="data= was loaded from 'digits' but config.data is"):
         fit(TrainConfig(model="wrn-10-1", data="cifar10", epochs=1), tmp_path / "other",
             data=real)
+
+
+def test_runs_written_before_a_knob_existed_resume_with_their_old_behaviour(tmp_path):
+    """A knob added later (missing from an old config.json and checkpoint) does not break
+    --resume, and takes the value that reproduces the old run, not the new default."""
+    from pyro_implicit.inference.config import ADDED_LATER
+
+    out = tmp_path / "run"
+    config = TrainConfig(model="wrn-10-1", data="digits", train_subset=64, epochs=2,
+                         batch_size=32, method="bayes-hypernet", flow_layers=2, flow_hidden=8,
+                         flow_scale_bound=0.0, flow_grad_norm=0.0)
+    fit(dataclasses.replace(config, epochs=1), out, progress=False)
+    raw = json.loads((out / "config.json").read_text())  # as an older version wrote them
+    (out / "config.json").write_text(json.dumps(
+        {k: v for k, v in raw.items() if k not in ADDED_LATER} | {"epochs": 2}))
+    state = load_checkpoint(out / "checkpoint.pt")
+    state["config"] = {k: v for k, v in state["config"].items() if k not in ADDED_LATER}
+    state["config"]["epochs"] = 2
+    save_checkpoint(state, out / "checkpoint.pt")
+    run = fit(None, out, resume=True, progress=False)
+    assert run.config.flow_scale_bound == 0.0 and run.config.flow_grad_norm == 0.0
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+    assert TrainConfig().flow_scale_bound == 2.0  # new runs get the new default
