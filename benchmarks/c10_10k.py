@@ -32,7 +32,7 @@ from runner import driver_arguments, run_and_evaluate  # noqa: E402
 from pyro_implicit.inference import TrainConfig  # noqa: E402
 from pyro_implicit.inference.ensemble import MEMBERS, member_config  # noqa: E402
 from pyro_implicit.inference.methods import MC_DROPOUT_RATE, METHODS  # noqa: E402
-from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
+from pyro_implicit.inference.recipes import C10_10K, HYPERNET  # noqa: E402
 from pyro_implicit.inference.runs import CONFIG, is_finished  # noqa: E402
 
 SAMPLES = (1, 2, 4, 8, 16)
@@ -41,7 +41,8 @@ WIDENING_SAMPLES = (1, 2, 4)
 
 
 def _hypernet(prior: str = "normal", strategy: str = "all-in-one", seed: int = 0) -> dict:
-    return dict(method="hypernet", prior=prior, strategy=strategy, seed=seed)
+    """The paper's hypernet (every knob pinned) with ``prior``, ``strategy`` and ``seed``."""
+    return {**HYPERNET, "prior": prior, "strategy": strategy, "seed": seed}
 
 
 # name -> (TrainConfig changes to the protocol, {result suffix: extra evaluate_run kwargs})

@@ -28,7 +28,7 @@ from runner import driver_arguments, run_and_evaluate  # noqa: E402
 from pyro_implicit.inference import TrainConfig  # noqa: E402
 from pyro_implicit.inference.data import imagefolder_holdout  # noqa: E402
 from pyro_implicit.inference.evaluate import evaluate  # noqa: E402
-from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
+from pyro_implicit.inference.recipes import C10_10K, HYPERNET  # noqa: E402
 from pyro_implicit.inference.runs import load_run  # noqa: E402
 
 EPOCHS = 15
@@ -38,7 +38,8 @@ BN_BATCHES = 50
 
 
 def _h(prior: str = "normal", **changes) -> dict:
-    return dict(method="hypernet", prior=prior, **changes)
+    """The paper's hypernet (every knob pinned) with ``prior`` and ``changes``."""
+    return {**HYPERNET, "prior": prior, **changes}
 
 
 # name -> TrainConfig changes to the screening protocol; references first, then candidates

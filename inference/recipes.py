@@ -75,8 +75,11 @@ IMAGENET = {"data": IMAGENET_DATA, "model": "resnet-50", "epochs": 90, "batch_si
 C10_10K = {"data": "imagefolder:../shared/data/cifar10", "train_subset": 10000,
            "model": "wrn-16-2", "epochs": 40, "batch_size": 128, "seed": 0}
 
+# The paper's hypernetwork, every knob pinned (so that train's defaults may move on): one z
+# of the prior per mini-batch, no schedule, one learning rate
 HYPERNET = {"method": "hypernet", "strategy": "all-in-one", "prior": "normal", "z_dim": 16,
-            "h_dim": 16}
+            "h_dim": 16, "z_loc": 0.0, "z_scale": 1.0, "z_draws": 1, "z_draw_mode": "groups",
+            "z_hold": 0, "z_warmup": 0, "theta_lr_scale": 1.0}
 PRIOR_NAMES = {"normal": "N(0,1)", "uniform": "U(-1,1)", "uniform01": "U(0,1)",
                "halfnormal": "|N(0,1)|"}
 

@@ -1,6 +1,7 @@
 """Named recipes, --smoke, the GPU options and the lazy ImageNet loader (all on CPU)."""
 
 import contextlib
+import dataclasses
 import json
 import signal
 from collections import Counter
@@ -22,6 +23,7 @@ from pyro_implicit.inference.config import check_precision
 from pyro_implicit.inference.data import load_data
 from pyro_implicit.inference.folders import FolderData, ImageFiles, train_batches, uint8_batches
 from pyro_implicit.inference.methods import build
+from pyro_implicit.inference.options import HypernetOptions
 from pyro_implicit.inference.recipes import RECIPES, SMOKE_MODELS, get_recipe
 from pyro_implicit.inference.train import fit, make_loss, make_optimizer, train_step
 
@@ -138,6 +140,20 @@ def test_every_paper_recipe_matches_the_papers_settings_table():
         if epochs is not None:
             assert c.epochs == epochs, name
         assert get_recipe(name).source.split(" ")[0] in ("Table", "Fig.", "Sec."), name
+
+
+def test_paper_hypernets_pin_every_knob_whatever_trains_defaults():
+    """train --method hypernet's defaults may become a better configuration: every paper-*
+    hypernet recipe (and c10-10k's paper reference) states each hypernet knob itself, at one z
+    per mini-batch with no schedule and one learning rate."""
+    knobs = {f.name for f in dataclasses.fields(HypernetOptions)}
+    for name, recipe in RECIPES.items():
+        if recipe.overrides.get("method") != "hypernet":
+            continue
+        assert knobs <= set(recipe.overrides), (name, knobs - set(recipe.overrides))
+        c = recipe.config()
+        assert (c.z_loc, c.z_scale, c.z_draws, c.z_hold, c.z_warmup, c.theta_lr_scale) == (
+            0.0, 1.0, 1, 0, 0, 1.0), name
 
 
 # --- overrides -------------------------------------------------------------------------------
