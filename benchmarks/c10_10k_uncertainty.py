@@ -11,13 +11,16 @@ set with N in {1, 4, 16} (x1 the median of 5 draws, BN recalibrated per draw ove
   set (generated once and cached);
 - out-of-distribution: scikit-learn's digits as 32x32 RGB.
 
-Writes ``RESULTS/NAME.json`` (the ``evaluate`` JSON plus the run's config and the evaluation's
-wall time). Finished JSONs are skipped; runs not yet trained are listed and skipped, so rerun it
-after ``benchmarks/c10_10k.py`` has trained more. Nothing is evaluated before the four MAP
-members of the deep-ensemble equivalent have finished.
+Run folders that are missing or unfinished are trained (or resumed) first with
+``benchmarks/c10_10k.py``'s configuration of that name (the four MAP members of the
+deep-ensemble equivalent first; ``laplace-s0`` after ``map-s0``), so the driver can be killed and
+restarted at any point; ``--no-train`` evaluates only what has finished. Writes
+``RESULTS/NAME.json`` (the ``evaluate`` JSON plus the run's config and the evaluation's wall
+time); finished JSONs are skipped. A run that diverges is reported and skipped. Run one process
+at a time: the run folders are shared.
 
-Usage: python benchmarks/c10_10k_uncertainty.py [--only NAME ...] [--list] [--runs runs/c10-10k]
-           [--results benchmarks/results/c10-10k-uncertainty]
+Usage: python benchmarks/c10_10k_uncertainty.py [--only NAME ...] [--list] [--no-train]
+           [--runs runs/c10-10k] [--results benchmarks/results/c10-10k-uncertainty]
 Then: python benchmarks/c10_10k_uncertainty_report.py
 """
 
@@ -29,13 +32,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import c10_10k  # noqa: E402
 from runner import driver_arguments  # noqa: E402
 
 from pyro_implicit.inference.data import imagefolder_holdout  # noqa: E402
 from pyro_implicit.inference.evaluate import evaluate, ood_images  # noqa: E402
 from pyro_implicit.inference.outputs import write_json  # noqa: E402
 from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
-from pyro_implicit.inference.runs import is_finished, load_run  # noqa: E402
+from pyro_implicit.inference.runs import CONFIG, is_finished, load_run  # noqa: E402
+from pyro_implicit.inference.train import fit  # noqa: E402
 
 RUNS = ("map-s0", "ensemble-s0", "mc-dropout-s0", "bbb-s0", "swag-s0", "laplace-s0",
         "bayes-hypernet-s0", "hypernet-normal-s0", "hypernet-uniform01-s0", "hypernet-best-s0")
@@ -45,6 +50,30 @@ BN_BATCHES = 50
 HOLDOUT_PER_CLASS = 500
 SHIFT_SUBSET = 1000
 OOD = "digits"
+
+
+def ensure_trained(name: str, runs: Path, data: str) -> bool:
+    """Train or resume ``runs/name`` with c10_10k.py's configuration of that name (and the run a
+    post-hoc method is fitted to) unless it has finished; False if it diverged or is not one
+    of that driver's runs."""
+    if name not in c10_10k.RUNS:
+        print(f"{name}: not a run of benchmarks/c10_10k.py (yet), skipped", flush=True)
+        return False
+    config = c10_10k.config_for(name, data)
+    c10_10k.link_members(name, config, runs)
+    config, source = c10_10k.post_hoc_source(config, runs)
+    if source is not None and not ensure_trained(source.name, runs, data):
+        return False
+    folder = runs / name
+    if not is_finished(folder):
+        print(f"{name}: training", flush=True)
+        resume = (folder / CONFIG).is_file()
+        try:
+            fit(None if resume else config, folder, resume=resume, progress=False)
+        except FloatingPointError as err:
+            print(f"{name}: diverged ({err}), skipped", flush=True)
+            return False
+    return True
 
 
 def evaluate_uncertainty(name: str, runs: Path, data: str, held_out: tuple) -> dict:
@@ -64,22 +93,30 @@ def evaluate_uncertainty(name: str, runs: Path, data: str, held_out: tuple) -> d
 
 
 def main() -> None:
+    def no_train(p) -> None:
+        p.add_argument("--no-train", action="store_true",
+                       help="evaluate finished run folders only, train nothing")
+
     _, args, names = driver_arguments(__doc__.splitlines()[0], list(RUNS), C10_10K["data"],
-                                      "c10-10k-uncertainty", runs_folder="c10-10k")
+                                      "c10-10k-uncertainty", no_train, runs_folder="c10-10k")
     if names is None:
         return
+    if not args.no_train:
+        for name in DEE_MEMBERS:
+            ensure_trained(name, args.runs, args.data)
     waiting = [m for m in DEE_MEMBERS if not is_finished(args.runs / m)]
     if waiting:
-        print(f"waiting for the deep-ensemble members {waiting} (train them with "
-              f"benchmarks/c10_10k.py --only {' '.join(waiting)})", flush=True)
+        print(f"waiting for the deep-ensemble members {waiting}", flush=True)
         return
     held_out = imagefolder_holdout(args.data, HOLDOUT_PER_CLASS, C10_10K["train_subset"])
     for name in names:
         out = args.results / f"{name}.json"
         if out.is_file():
             continue
-        if not is_finished(args.runs / name):
+        if args.no_train and not is_finished(args.runs / name):
             print(f"{name}: not trained yet, skipped", flush=True)
+            continue
+        if not args.no_train and not ensure_trained(name, args.runs, args.data):
             continue
         result = evaluate_uncertainty(name, args.runs, args.data, held_out)
         args.results.mkdir(parents=True, exist_ok=True)

@@ -95,3 +95,17 @@ def test_laplace_row_is_fitted_to_the_map_run_of_its_seed(tmp_path):
                                   {"": {"samples": (1, 4), "bn_batches": 1}})[""]
     assert out["method"] == "laplace" and "probit" in out and out["samples"]["4"]["nll"] > 0
     assert len(out["history"]) == TINY["epochs"]  # the source's training, none of its own
+
+
+def test_uncertainty_driver_trains_what_is_missing_sources_first(tmp_path, monkeypatch):
+    import c10_10k_uncertainty as uncertainty
+
+    runs = {"map-s0": (dict(method="map"), {"": {}}),
+            "laplace-s0": (dict(method="laplace"), {"": {}})}
+    monkeypatch.setattr(driver, "RUNS", runs)
+    monkeypatch.setattr(driver, "config_for",
+                        lambda name, data: TrainConfig(**TINY, **runs[name][0]))
+    assert uncertainty.ensure_trained("laplace-s0", tmp_path, "digits")
+    assert (tmp_path / "map-s0" / "checkpoint.pt").is_file()  # its source, trained first
+    assert load_run(tmp_path / "laplace-s0").config.from_run == str(tmp_path / "map-s0")
+    assert not uncertainty.ensure_trained("hypernet-best-s0", tmp_path, "digits")
