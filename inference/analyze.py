@@ -29,7 +29,9 @@ from pyro_implicit.analysis import (
     observed_labels,
     reliability,
     select_weights,
+    selective_curves,
     to_inference_data,
+    uncertainty_summary,
     weight_correlations,
 )
 
@@ -41,7 +43,7 @@ from .outputs import check_output_folder, json_safe, write_atomic_path, write_js
 from .runs import Run, is_finished, is_run, load_run, read_config
 from .train import fit
 
-POSTERIOR, SUMMARY = "posterior.nc", "summary.json"
+POSTERIOR, SUMMARY, SELECTIVE = "posterior.nc", "summary.json", "selective.png"
 FAULT_MODELS = 4  # the paper's "quadruple fault"
 TINY = {"model": "wrn-10-1", "data": "digits", "epochs": 8}  # stand-in runs: seconds each
 
@@ -189,7 +191,10 @@ def summarize(idata: az.InferenceData, fault_models: int = FAULT_MODELS) -> dict
     - ``disagreement``: mean pairwise disagreement over all predictive draws (None for one);
     - ``averaging``: {"N": error, nll, ece, brier of N-sample averages} for N = 1, 2, 4, ...;
     - ``calibration``: error, nll, ece, brier of the average of all predictive draws and its
-      ``reliability`` bins (``confidence``, ``accuracy``, ``count``; 15 equal-width bins).
+      ``reliability`` bins (``confidence``, ``accuracy``, ``count``; 15 equal-width bins);
+    - ``uncertainty``: mean predictive entropy, ``aleatoric`` (expected entropy) and
+      ``epistemic`` (mutual information) nats per point, and the selective-prediction ``aurc``
+      of the average ranked by each score.
 
     The predictive keys are left out when ``idata`` holds weights only.
     """
@@ -210,6 +215,7 @@ def summarize(idata: az.InferenceData, fault_models: int = FAULT_MODELS) -> dict
             "calibration": {**classification_metrics(mean, torch.as_tensor(labels)),
                             "reliability": {k: bins[k] for k in ("confidence", "accuracy",
                                                                  "count")}},
+            "uncertainty": uncertainty_summary(idata),
         })
     return json_safe(summary)
 
@@ -227,5 +233,23 @@ def analyze_runs(paths: Sequence[Path | str], out: Path | str, **options) -> dic
         idata[group].attrs["runs"] = json.dumps(names)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic_path(out / POSTERIOR, lambda tmp: idata.to_netcdf(str(tmp)))
+    if "posterior_predictive" in idata.groups():
+        write_atomic_path(out / SELECTIVE, lambda tmp: _plot_selective(idata, tmp))
     write_json(out / SUMMARY, summary)
     return summary
+
+
+def _plot_selective(idata: az.InferenceData, path: Path) -> None:
+    """The risk-coverage curves of the draws' average, one per uncertainty score, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pyro_implicit.uncertainty import plot_selective
+
+    ax = plot_selective(selective_curves(idata))
+    ax.set_title(f"selective prediction, {int(idata.posterior_predictive.sizes['draw'])} draws")
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, format="png", dpi=110)
+    plt.close(ax.figure)

@@ -29,6 +29,7 @@ from pyro_implicit.analysis import (
     plot_weight_pairs,
     reliability,
     select_weights,
+    selective_curves,
     to_inference_data,
     weight_correlations,
     weight_pairs,
@@ -46,6 +47,7 @@ from pyro_implicit.inference.cli import main
 from pyro_implicit.inference.config import TrainConfig
 from pyro_implicit.inference.train import fit
 from pyro_implicit.metrics import ece
+from pyro_implicit.uncertainty import predictive_entropy
 
 matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +187,13 @@ def test_inference_data_layout_and_netcdf_round_trip(tmp_path):
     idata.to_netcdf(str(path))
     back = az.from_netcdf(str(path))
     assert set(back.groups()) == {"posterior", "posterior_predictive", "log_likelihood",
-                                  "observed_data", "constant_data"}
+                                  "observed_data", "constant_data", "uncertainty"}
+    u = back["uncertainty"]
+    np.testing.assert_allclose(u["predictive_entropy"].values,
+                               predictive_entropy(probs).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(u["predictive_entropy"] - u["expected_entropy"],
+                               u["mutual_information"], atol=1e-9)
+    assert u["mutual_information"].dims == ("test_point",) and (u["mutual_information"] > 0).all()
     post = back.posterior
     assert post["w"].dims == ("chain", "draw", "weight")
     assert post["z"].dims == ("chain", "draw", "z_group", "z_dim")
@@ -258,6 +266,15 @@ def test_analyze_run_ensemble_and_point(runs):
     assert idata.posterior.attrs["strategy"] == "layer-wise"
     point = analyze(map0, draws=30, pairs=10, bn_batches=1, test_subset=40)
     assert point.posterior.sizes["draw"] == 1 and "z" not in point.posterior
+    # one network has no epistemic part; the hypernet's disagreeing draws have
+    assert (point["uncertainty"]["mutual_information"] == 0).all()
+    assert summarize(point)["uncertainty"]["epistemic"] == 0
+    assert summarize(idata)["uncertainty"]["epistemic"] > 0
+    curves = selective_curves(idata)
+    assert set(curves) == {"max_prob", "entropy", "mutual_information"}
+    coverage, risk = curves["entropy"]
+    assert coverage[-1] == 1 and risk.mean().item() == pytest.approx(
+        summarize(idata)["uncertainty"]["aurc"]["entropy"])
     assert "strategy" not in point.posterior.attrs
     net = map0.model.net
     first = WeightRef.parse(str(point.posterior["weight"].values[0]))
@@ -290,7 +307,10 @@ def test_analyze_cli_writes_documented_files(runs, tmp_path, capsys):
     summary = json.loads((out / SUMMARY).read_text())
     assert {"runs", "method", "model", "strategy", "prior", "members", "seed", "bn_batches",
             "draws", "predictive_draws", "num_test", "correlation", "fault_table",
-            "disagreement", "averaging", "calibration"} <= set(summary)
+            "disagreement", "averaging", "calibration", "uncertainty"} <= set(summary)
+    assert set(summary["uncertainty"]) == {"predictive_entropy", "aleatoric", "epistemic",
+                                           "aurc"}
+    assert (out / "selective.png").stat().st_size > 0
     assert summary["draws"] == 40 and summary["predictive_draws"] == 6
     assert set(summary["correlation"]) == {"draws", "within", "across", "within_pairs",
                                            "across_pairs", "independent"}

@@ -18,6 +18,9 @@ posterior_predictive   ``probs`` (chain, draw, test_point,   class probabilities
                        class)                                BN recalibrated per draw
 log_likelihood         ``y`` (chain, draw, test_point)       log p(y_i | x_i, w_draw)
 observed_data          ``y`` (test_point)                    true labels (int)
+uncertainty            ``predictive_entropy``,               per test point, over the draws:
+                       ``expected_entropy``,                 total, aleatoric and epistemic
+                       ``mutual_information`` (test_point)   uncertainty (nats)
 constant_data          ``pairs`` (pair, end)                 random weight pairs: indices into
                                                              ``weight``; coord ``kind`` (pair)
                                                              is "within" or "across"
@@ -39,8 +42,10 @@ from .export import (
     observed_labels,
     pair_correlations,
     posterior_inference_data,
+    selective_curves,
     stacked,
     to_inference_data,
+    uncertainty_summary,
     weight_correlations,
     weight_pairs,
 )
@@ -82,8 +87,10 @@ __all__ = [
     "predictions",
     "reliability",
     "select_weights",
+    "selective_curves",
     "stacked",
     "to_inference_data",
+    "uncertainty_summary",
     "weight_correlations",
     "weight_pairs",
 ]

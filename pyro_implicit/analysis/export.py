@@ -15,6 +15,15 @@ import xarray as xr
 from ..guide import PosteriorGuide
 from ..model import BayesianNetwork, batchnorm_layers
 from ..posterior import FrozenPosterior, eval_mode, freeze_posterior, sample_logits
+from ..uncertainty import (
+    SCORES,
+    aurc,
+    expected_entropy,
+    mutual_information,
+    predictive_entropy,
+    selective_curve,
+    uncertainty_scores,
+)
 from .weights import (
     PAIR_KINDS,
     WeightLayout,
@@ -93,6 +102,12 @@ def to_inference_data(
             {"y": _chained(np.log(np.maximum(true.astype(np.float64), EPS)), ("test_point",),
                            coords)})
         groups["observed_data"] = xr.Dataset({"y": ("test_point", labels)}, coords=coords)
+        draws = torch.as_tensor(probs)
+        groups["uncertainty"] = xr.Dataset(
+            {"predictive_entropy": ("test_point", predictive_entropy(draws).numpy()),
+             "expected_entropy": ("test_point", expected_entropy(draws).numpy()),
+             "mutual_information": ("test_point", mutual_information(draws).numpy())},
+            coords=coords)
     if not groups:
         raise ValueError("nothing to export: give weights, latents and/or probs")
     for ds in groups.values():
@@ -205,3 +220,29 @@ def weight_correlations(idata: az.InferenceData) -> dict[str, float | int | None
     level = independent_level(len(draws))
     result["independent"] = None if np.isnan(level) else level
     return result
+
+
+def _ranked(idata: az.InferenceData) -> tuple[dict[str, torch.Tensor | None], torch.Tensor]:
+    """Each uncertainty score of the draws' average per test point, and whether it errs."""
+    draws = torch.as_tensor(draw_probs(idata))
+    mean = draws.mean(0)
+    wrong = mean.argmax(-1) != torch.as_tensor(observed_labels(idata))
+    return uncertainty_scores(mean, draws), wrong
+
+
+def selective_curves(idata: az.InferenceData) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Risk-coverage curves of the draws' average, ranked by each uncertainty score
+    (``max_prob``, ``entropy``, ``mutual_information``): {score: (coverage, risk)}."""
+    scores, wrong = _ranked(idata)
+    return {name: selective_curve(scores[name], wrong) for name in SCORES}
+
+
+def uncertainty_summary(idata: az.InferenceData) -> dict[str, object]:
+    """Means of the per-point ``uncertainty`` group (nats) and the AURC of the draws' average
+    ranked by each score."""
+    group = idata["uncertainty"]
+    scores, wrong = _ranked(idata)
+    return {"predictive_entropy": float(group["predictive_entropy"].mean()),
+            "aleatoric": float(group["expected_entropy"].mean()),
+            "epistemic": float(group["mutual_information"].mean()),
+            "aurc": {name: aurc(scores[name], wrong) for name in SCORES}}
