@@ -47,3 +47,17 @@ def test_selection_keeps_matched_accuracy_and_ranks_by_nll():
     assert summary["selection"] == ["a", "c"]  # b is too inaccurate; map is the reference
     assert summary["runs"]["a"]["gap_closed"]["error"] == pytest.approx(0.5)
     assert summary["runs"]["a"]["deep_ensemble_equivalent"] == pytest.approx(2 + 2 / 3)
+
+
+def test_without_a_matched_candidate_the_pareto_front_is_selected():
+    def result(x1, nll):
+        return {"samples": {"1": {"error": x1, "nll": nll + 0.1, "ece": 0.02},
+                            "16": {"error": x1, "nll": nll, "ece": 0.02}},
+                "history": [{"seconds": 20.0}]}
+
+    results = {"map": result(0.30, 0.90), "hypernet-uniform01": result(0.36, 1.00),
+               "a": result(0.36, 1.05), "b": result(0.40, 0.95), "c": result(0.41, 0.99),
+               "d": result(0.50, 1.20)}
+    summary = summarise(results, None, tolerance=1.0)
+    assert summary["selection_rule"] == "pareto"
+    assert summary["selection"] == ["b", "a"]  # c and d are beaten by b; references excluded
