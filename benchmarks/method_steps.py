@@ -5,7 +5,7 @@ median over ``--steps``. An ensemble's step is a ``map`` member's step (its memb
 after another), so it is not listed.
 
 Usage: python benchmarks/method_steps.py [--net wrn-16-2] [--batch 128] [--steps 10]
-           [--json benchmarks/results/speed/method_steps.json]
+           [--hypernet-options] [--json benchmarks/results/speed/method_steps.json]
 """
 
 from __future__ import annotations
@@ -34,11 +34,23 @@ METHODS: dict[str, dict] = {
 }
 
 
-def time_methods(net: str, batch: int, steps: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Step seconds of every method of METHODS, interleaved."""
+# the hypernet options of the c10-10k screening whose step costs more or less than one z's
+# (theta_lr_scale, z_loc/z_scale and the z schedule cost nothing: the same step)
+HYPERNET_OPTIONS: dict[str, dict] = {
+    "map": dict(method="map"),
+    "hypernet": dict(method="hypernet"),
+    "hypernet --z-draws 4": dict(method="hypernet", z_draws=4),
+    "hypernet --z-draws 2 --z-draw-mode mixture": dict(method="hypernet", z_draws=2,
+                                                        z_draw_mode="mixture"),
+}
+
+
+def time_methods(net: str, batch: int, steps: int, warmup: int = 2,
+                 methods: dict[str, dict] = METHODS) -> dict[str, list[float]]:
+    """Step seconds of every method of ``methods``, interleaved."""
     variants = {name: Variant(name, net, "cpu", batch, False, changes, num_data=10_000)
-                for name, changes in METHODS.items()}
-    times: dict[str, list[float]] = {name: [] for name in METHODS}
+                for name, changes in methods.items()}
+    times: dict[str, list[float]] = {name: [] for name in methods}
     for i in range(warmup + steps):
         for name, variant in variants.items():
             t0 = time.perf_counter()
@@ -53,18 +65,24 @@ def main() -> None:
     p.add_argument("--net", default="wrn-16-2")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--json", default="benchmarks/results/speed/method_steps.json")
+    p.add_argument("--hypernet-options", action="store_true",
+                   help="time map, hypernet and the screening's costlier hypernet options "
+                        "instead (default --json .../hypernet_options_steps.json)")
+    p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.steps < 1:
         p.error(f"--steps {args.steps}: must be >= 1")
-    times = time_methods(args.net, args.batch, args.steps)
+    methods = HYPERNET_OPTIONS if args.hypernet_options else METHODS
+    args.json = args.json or ("benchmarks/results/speed/" + (
+        "hypernet_options_steps.json" if args.hypernet_options else "method_steps.json"))
+    times = time_methods(args.net, args.batch, args.steps, methods=methods)
     median = {name: statistics.median(ts) for name, ts in times.items()}
     result = {"device": _cpu_name(), "torch": torch.__version__, "net": args.net,
               "batch": args.batch, "steps": args.steps, "median_s": median,
               "over_map": {name: s / median["map"] for name, s in median.items()},
               "times_s": times}
     for name, s in median.items():
-        print(f"{name:22s} {s:.3f} s  {result['over_map'][name]:.2f}x map")
+        print(f"{name:44s} {s:.3f} s  {result['over_map'][name]:.2f}x map")
     write_json(args.json, result)
 
 
