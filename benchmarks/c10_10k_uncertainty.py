@@ -7,7 +7,7 @@ set with N in {1, 4, 16} (x1 the median of 5 draws, BN recalibrated per draw ove
 - the temperature fitted on the validation split (the last 500 training files of each class,
   outside the 10k subset, so held out; never ``test/``);
 - the deep-ensemble equivalent against the MAP runs of seeds 0-3 (``map-s0`` .. ``map-s3``);
-- the 15 CIFAR-10-C-style corruptions x 5 severities on a seeded 1,000-image subset of the test
+- the 15 CIFAR-10-C-style corruptions x 5 severities on a seeded 500-image subset of the test
   set (generated once and cached);
 - out-of-distribution: scikit-learn's digits as 32x32 RGB.
 
@@ -48,7 +48,7 @@ DEE_MEMBERS = ("map-s0", "map-s1", "map-s2", "map-s3")
 SAMPLES = (1, 4, 16)
 BN_BATCHES = 50
 HOLDOUT_PER_CLASS = 500
-SHIFT_SUBSET = 1000
+SHIFT_SUBSET = 500  # x 75 sets x 16 draws: the bulk of a run's evaluation
 OOD = "digits"
 
 
