@@ -61,3 +61,14 @@ def test_without_a_matched_candidate_the_pareto_front_is_selected():
     summary = summarise(results, None, tolerance=1.0)
     assert summary["selection_rule"] == "pareto"
     assert summary["selection"] == ["b", "a"]  # c and d are beaten by b; references excluded
+
+
+def test_the_queue_runs_every_screening_run():
+    import re
+
+    import c10_10k_screen
+
+    queue = (Path(__file__).resolve().parent.parent / "benchmarks" / "queue.sh").read_text()
+    block = queue.split("spread benchmarks/c10_10k_screen.py", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"(?:map|hypernet)[\w.-]*", block)
+    assert sorted(listed) == sorted(c10_10k_screen.RUNS)
