@@ -48,6 +48,7 @@ DEE_MEMBERS = ("map-s0", "map-s1", "map-s2", "map-s3")
 SAMPLES = (1, 4, 16)
 BN_BATCHES = 50
 HOLDOUT_PER_CLASS = 500
+CORRUPTIONS = SEVERITIES = None  # all 15 corruptions, all 5 severities
 SHIFT_SUBSET = 500  # x 75 sets x 16 draws: the bulk of a run's evaluation
 OOD = "digits"
 
@@ -82,7 +83,8 @@ def evaluate_uncertainty(name: str, runs: Path, data: str, held_out: tuple) -> d
     members = [load_run(runs / m) for m in DEE_MEMBERS]
     t0 = time.perf_counter()
     result = evaluate(run, SAMPLES, bn_batches=BN_BATCHES, progress=False,
-                      calibration=held_out, shift="corruptions", shift_subset=SHIFT_SUBSET,
+                      calibration=held_out, shift="corruptions", corruptions=CORRUPTIONS,
+                      severities=SEVERITIES, shift_subset=SHIFT_SUBSET,
                       ood=ood_images(OOD, run), dee_members=members)
     result["dee_members"]["runs"] = list(DEE_MEMBERS)
     result.update(name=name, run=str(runs / name), data=data, ood_data=OOD,

@@ -54,3 +54,24 @@ def test_tables_hold_every_kind_at_the_largest_n(results, tmp_path):
     assert hyper["ood"] == r["ood"]["4"]
     assert "| map-s0 | 4 |" in table and "Not evaluated yet:" in table
     assert (tmp_path / "shift_vs_severity.png").stat().st_size > 0
+
+
+def test_the_driver_evaluates_a_run_with_every_kind(tmp_path, monkeypatch):
+    import c10_10k_uncertainty as driver
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # the corruption cache goes under ~/.cache
+    monkeypatch.setattr(driver, "SAMPLES", (1, 2))
+    monkeypatch.setattr(driver, "DEE_MEMBERS", ("map-s0",))
+    monkeypatch.setattr(driver, "BN_BATCHES", 1)
+    monkeypatch.setattr(driver, "CORRUPTIONS", ["fog", "pixelate"])
+    monkeypatch.setattr(driver, "SEVERITIES", [2])
+    for name, method in (("map-s0", "map"), ("hyper", "hypernet")):
+        fit(TrainConfig(**TINY, method=method), tmp_path / name, progress=False)
+    data = load_run(tmp_path / "hyper").data
+    held_out = (data.test_x[:60], data.test_y[:60])
+    result = driver.evaluate_uncertainty("hyper", tmp_path, "digits", held_out)
+    assert result["name"] == "hyper" and result["config"]["method"] == "hypernet"
+    assert result["dee_members"]["runs"] == ["map-s0"] and "dee" in result["samples"]["2"]
+    assert result["num_shift"] == min(driver.SHIFT_SUBSET, result["num_test"])
+    assert set(result["shift"]) == {"fog", "pixelate", "mean"} and set(result["ood"]) == {"1", "2"}
+    assert result["calibration"].startswith("validation split") and result["num_calibration"] == 60
