@@ -118,7 +118,8 @@ def pareto_front(rows: dict[str, dict]) -> list[str]:
     return [n for n, r in rows.items() if not beaten(r)]
 
 
-def _cell(value, digits: int = 2, percent: bool = False) -> str:
+def cell(value, digits: int = 2, percent: bool = False) -> str:
+    """A table cell: ``value`` with ``digits`` decimals (as % with ``percent``), — if None."""
     if value is None:
         return "—"
     return f"{100 * value:.{digits}f}" if percent else f"{value:.{digits}f}"
@@ -138,11 +139,11 @@ def make_table(summary: dict, missing: list[str]) -> str:
             continue
         gap = r.get("gap_closed")
         lines.append("| " + " | ".join([
-            name, _cell(r["x1_error"], percent=True), _cell(r["x16_error"], percent=True),
-            _cell(r["x16_nll"], 3), _cell(r["x16_ece"], 3),
-            _cell(r["averaging_gain"], percent=True),
+            name, cell(r["x1_error"], percent=True), cell(r["x16_error"], percent=True),
+            cell(r["x16_nll"], 3), cell(r["x16_ece"], 3),
+            cell(r["averaging_gain"], percent=True),
             f"{gap['error']:.2f} / {gap['nll']:.2f}" if gap else "—",
-            _cell(r.get("deep_ensemble_equivalent")), f"{r['seconds_per_epoch']:.0f}"]) + " |")
+            cell(r.get("deep_ensemble_equivalent")), f"{r['seconds_per_epoch']:.0f}"]) + " |")
     curve = summary["member_curve"]
     notes = ["", f"Validation split: the last {HOLDOUT_PER_CLASS} training files of each class "
              "(5,000 images), never test/. x1: median of 5 draws."]

@@ -33,14 +33,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import c10_10k  # noqa: E402
-from runner import driver_arguments  # noqa: E402
+from runner import driver_arguments, train_or_resume  # noqa: E402
 
 from pyro_implicit.inference.data import imagefolder_holdout  # noqa: E402
 from pyro_implicit.inference.evaluate import evaluate, ood_images  # noqa: E402
 from pyro_implicit.inference.outputs import write_json  # noqa: E402
 from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
-from pyro_implicit.inference.runs import CONFIG, is_finished, load_run  # noqa: E402
-from pyro_implicit.inference.train import fit  # noqa: E402
+from pyro_implicit.inference.runs import is_finished, load_run  # noqa: E402
 
 RUNS = ("map-s0", "ensemble-s0", "mc-dropout-s0", "bbb-s0", "swag-s0", "laplace-s0",
         "bayes-hypernet-s0", "hypernet-normal-s0", "hypernet-uniform01-s0", "hypernet-best-s0")
@@ -65,16 +64,12 @@ def ensure_trained(name: str, runs: Path, data: str) -> bool:
     config, source = c10_10k.post_hoc_source(config, runs)
     if source is not None and not ensure_trained(source.name, runs, data):
         return False
-    folder = runs / name
-    if not is_finished(folder):
+    if not is_finished(runs / name):
         print(f"{name}: training", flush=True)
-        resume = (folder / CONFIG).is_file()
-        try:
-            fit(None if resume else config, folder, resume=resume, progress=False)
-        except FloatingPointError as err:
-            print(f"{name}: diverged ({err}), skipped", flush=True)
-            return False
-    return True
+    diverged = train_or_resume(config, runs / name)
+    if diverged:
+        print(f"{name}: diverged ({diverged}), skipped", flush=True)
+    return diverged is None
 
 
 def evaluate_uncertainty(name: str, runs: Path, data: str, held_out: tuple) -> dict:

@@ -26,6 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from c10_10k_report import largest_n  # noqa: E402
+from c10_10k_screen_report import cell  # noqa: E402
 from c10_10k_uncertainty import RUNS  # noqa: E402
 
 from pyro_implicit.inference.outputs import write_json, write_text  # noqa: E402
@@ -33,10 +35,6 @@ from pyro_implicit.inference.shift import SEVERITIES  # noqa: E402
 from pyro_implicit.uncertainty import SCORES  # noqa: E402
 
 SHIFT_METRICS = ("error", "nll", "ece")
-
-
-def largest_n(result: dict) -> str:
-    return max(result["samples"], key=int)
 
 
 def shift_by_severity(result: dict, n: str) -> dict[str, dict[str, float]]:
@@ -68,10 +66,14 @@ def summarise(results: dict[str, dict]) -> dict:
     return rows
 
 
-def _f(value, digits: int = 3, percent: bool = False) -> str:
-    if value is None:
-        return "—"
-    return f"{100 * value:.2f}" if percent else f"{value:.{digits}f}"
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _shift_cell(metrics: dict) -> str:
+    """error % / NLL / ECE of one shifted average."""
+    return " / ".join([cell(metrics["error"], percent=True), cell(metrics["nll"], 2),
+                       cell(metrics["ece"], 3)])
 
 
 def make_table(rows: dict[str, dict], missing: Sequence[str]) -> str:
@@ -84,31 +86,29 @@ def make_table(rows: dict[str, dict], missing: Sequence[str]) -> str:
              "epistemic | AURC max-prob | AURC MI |", "|" + "---|" * 13]
     for name, r in rows.items():
         d = r["in_domain"]
-        lines.append(f"| {name} | {r['n']} | {_f(d['error'], percent=True)} | {_f(d['nll'])} | "
-                     f"{_f(d['ece'])} | {_f(d['calibrated_nll'])} | {_f(d['calibrated_ece'])} | "
-                     f"{_f(d['temperature'], 2)} | {_f(d['dee'], 2)} | {_f(d['aleatoric'])} | "
-                     f"{_f(d['epistemic'])} | {_f(d['aurc']['max_prob'], 4)} | "
-                     f"{_f(d['aurc']['mutual_information'], 4)} |")
+        lines.append(_row([name, str(r["n"]), cell(d["error"], percent=True), cell(d["nll"], 3),
+                           cell(d["ece"], 3), cell(d["calibrated_nll"], 3),
+                           cell(d["calibrated_ece"], 3), cell(d["temperature"], 2),
+                           cell(d["dee"], 2), cell(d["aleatoric"], 3), cell(d["epistemic"], 3),
+                           cell(d["aurc"]["max_prob"], 4),
+                           cell(d["aurc"]["mutual_information"], 4)]))
         if r["probit"]:
-            p = r["probit"]
-            lines.append(f"| {name} (probit) | — | {_f(p['error'], percent=True)} | "
-                         f"{_f(p['nll'])} | {_f(p['ece'])} | {_f(p['calibrated']['nll'])} | "
-                         f"{_f(p['calibrated']['ece'])} | {_f(p['calibrated']['temperature'], 2)}"
-                         " | — | — | — | — | — |")
+            p, c = r["probit"], r["probit"]["calibrated"]
+            lines.append(_row([f"{name} (probit)", "—", cell(p["error"], percent=True),
+                               cell(p["nll"], 3), cell(p["ece"], 3), cell(c["nll"], 3),
+                               cell(c["ece"], 3), cell(c["temperature"], 2), *["—"] * 5]))
     lines += ["", "## Shift: the 15 corruptions' mean per severity (error % / NLL / ECE)", "",
               "| run | " + " | ".join(f"severity {s}" for s in SEVERITIES) + " | mean |",
               "|" + "---|" * (len(SEVERITIES) + 2)]
     for name, r in rows.items():
-        cells = [" / ".join([_f(v["error"], percent=True), _f(v["nll"], 2), _f(v["ece"])])
-                 for v in (r["shift"].get(str(s)) for s in SEVERITIES) if v] or ["—"]
-        mean = r["shift_mean"]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_f(mean['error'], percent=True)}"
-                     f" / {_f(mean['nll'], 2)} / {_f(mean['ece'])} |")
+        cells = [_shift_cell(v) for v in (r["shift"].get(str(s)) for s in SEVERITIES) if v]
+        lines.append(_row([name, *(cells or ["—"]), _shift_cell(r["shift_mean"])]))
     lines += ["", "## Out of distribution (digits): AUROC / AUPR", "",
               "| run | " + " | ".join(SCORES) + " |", "|" + "---|" * (len(SCORES) + 1)]
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{_f(r['ood']['auroc'][s])} / {_f(r['ood']['aupr'][s])}" for s in SCORES) + " |")
+        ood = r["ood"]
+        lines.append(_row([name, *(f"{cell(ood['auroc'][s], 3)} / {cell(ood['aupr'][s], 3)}"
+                                   for s in SCORES)]))
     if missing:
         lines += ["", f"Not evaluated yet: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"

@@ -30,6 +30,20 @@ def finished_epochs(run: Path) -> int:
     return len(json.loads(metrics.read_text())["history"])
 
 
+def train_or_resume(config: TrainConfig, run: Path) -> str | None:
+    """Train ``config`` into the run folder ``run``, or resume it there, unless it has trained
+    all its epochs; the divergence message if its loss turns non-finite (its last good
+    checkpoint stays in the folder), else None."""
+    if finished_epochs(run) >= config.epochs:
+        return None
+    resume = (run / CONFIG).is_file()
+    try:
+        fit(None if resume else config, run, resume=resume, progress=False)
+    except FloatingPointError as err:
+        return str(err)
+    return None
+
+
 def run_and_evaluate(name: str, config: TrainConfig, runs: Path, results: Path,
                      evaluations: dict[str, dict] | None = None,
                      evaluator: Callable[..., dict] = evaluate_run) -> dict[str, dict]:
@@ -46,13 +60,7 @@ def run_and_evaluate(name: str, config: TrainConfig, runs: Path, results: Path,
     if not pending:
         return out
     t0 = time.perf_counter()
-    diverged = None
-    if finished_epochs(run) < config.epochs:
-        try:
-            fit(None if (run / CONFIG).is_file() else config, run,
-                resume=(run / CONFIG).is_file(), progress=False)
-        except FloatingPointError as err:  # its last good checkpoint stays in the run folder
-            diverged = str(err)
+    diverged = train_or_resume(config, run)
     train_wall = time.perf_counter() - t0
     history = json.loads((run / METRICS).read_text())["history"] if (run / METRICS).is_file() \
         else []

@@ -157,34 +157,34 @@ def form_network(run: Run, n: int, form: str, bn_batches: int | None = None,
 
 
 @torch.no_grad()
+def _batched_probs(run: Run, images, probs_of, batch_size: int = 128,
+                   dist: Dist = SINGLE) -> torch.Tensor:
+    """Class probabilities (n, C) on ``images``: ``probs_of(x)`` of this rank's normalised
+    batches, gathered over the ranks."""
+    probs = torch.zeros(len(images), run.data.num_classes, dtype=torch.float64)
+    for start, x in _test_inputs(run, images, batch_size, dist)():
+        probs[start:start + len(x)] = probs_of(x).cpu()
+    if dist.active:
+        torch.distributed.all_reduce(probs)
+    return probs.float()
+
+
 def _network_probs(run: Run, net: torch.nn.Module, test_x, batch_size: int = 128,
                    dist: Dist = SINGLE) -> torch.Tensor:
     """Class probabilities (n, C) of ``net`` on ``test_x``."""
-    probs = torch.zeros(len(test_x), run.data.num_classes, dtype=torch.float64)
-    for start, x in _test_inputs(run, test_x, batch_size, dist)():
-        probs[start:start + len(x)] = net(x).softmax(-1).cpu()
-    if dist.active:
-        torch.distributed.all_reduce(probs)
-    return probs.float()
+    return _batched_probs(run, test_x, lambda x: net(x).softmax(-1), batch_size, dist)
 
 
-@torch.no_grad()
 def closed_form_probs(run: Run, images, bn_stats: dict[str, torch.Tensor] | None = None,
-                      batch_size: int = 128, dist: Dist = SINGLE) -> torch.Tensor | None:
-    """Class probabilities (n, C) of the guide's closed-form predictive on ``images`` (a guide
-    offering ``predictive_probs(model, x, bn_stats)``: last-layer Laplace's probit-approximated
-    GLM predictive), else None. ``bn_stats``: BN statistics by model site (a frozen sample's
-    recalibrated ones, the same for every draw of a last-layer posterior)."""
-    predictive = getattr(run.guide, "predictive_probs", None)
-    if predictive is None:
-        return None
-    probs = torch.zeros(len(images), run.data.num_classes, dtype=torch.float64)
+                      batch_size: int = 128, dist: Dist = SINGLE) -> torch.Tensor:
+    """Class probabilities (n, C) of the guide's closed-form predictive on ``images``, for a
+    guide offering ``predictive_probs(model, x, bn_stats)`` (last-layer Laplace's
+    probit-approximated GLM predictive). ``bn_stats``: BN statistics by model site (a frozen
+    sample's recalibrated ones, the same for every draw of a last-layer posterior)."""
     with eval_mode(run.model):
-        for start, x in _test_inputs(run, images, batch_size, dist)():
-            probs[start:start + len(x)] = predictive(run.model, x, bn_stats).cpu()
-    if dist.active:
-        torch.distributed.all_reduce(probs)
-    return probs.float()
+        return _batched_probs(run, images,
+                              lambda x: run.guide.predictive_probs(run.model, x, bn_stats),
+                              batch_size, dist)
 
 
 Variant = tuple[torch.Tensor, torch.Tensor | None]  # averaged probs (n, C), draws (N, n, C)
@@ -298,9 +298,7 @@ def shift_sets(run: Run, test: ImageData, shift: str, corruptions: Sequence[str]
     if shift == "corruptions":
         if is_lazy(test.test_x):
             raise ValueError("--shift corruptions needs an in-memory test set, not lazy images")
-        keep = shift_subset_index(len(test.test_y), subset, seed)
-        images, labels = (test.test_x, test.test_y) if keep is None else (test.test_x[keep],
-                                                                           test.test_y[keep])
+        images, labels = _subset(test.test_x, test.test_y, subset, seed)
         for name in check_corruptions(corruptions):
             for s in check_severities(severities):
                 yield name, s, cached_corrupt(images, name, s, seed, cache_dir), labels
@@ -311,9 +309,14 @@ def shift_sets(run: Run, test: ImageData, shift: str, corruptions: Sequence[str]
         check_corruptions(corruptions)
         for name, s, images, labels in cifar10c_sets(Path(shift.split(":", 1)[1]), corruptions,
                                                      severities):
-            keep = shift_subset_index(len(labels), subset, seed)
-            yield (name, s, images, labels) if keep is None else (name, s, images[keep],
-                                                                  labels[keep])
+            yield name, s, *_subset(images, labels, subset, seed)
+
+
+def _subset(images: torch.Tensor, labels: torch.Tensor, size: int | None,
+            seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) cut to the seeded subset of :func:`shift_subset_index`."""
+    keep = shift_subset_index(len(labels), size, seed)
+    return (images, labels) if keep is None else (images[keep], labels[keep])
 
 
 def _mean_shift(per_set: dict[str, dict[str, dict]]) -> dict:
@@ -428,9 +431,9 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
             metrics["dee"] = deep_ensemble_equivalent(metrics["calibrated"]["nll"],
                                                       curve["calibrated_nll"])
         result["dee_members"] = {"seeds": [m.config.seed for m in dee_members], **curve}
-    bn_stats = {k: v[0] for k, v in predictor.posterior.bn_stats.items()}
-    closed = closed_form_probs(run, test.test_x, bn_stats, dist=dist)
-    if closed is not None:  # beside the N-sample Monte Carlo averages
+    if hasattr(run.guide, "predictive_probs"):  # beside the N-sample Monte Carlo averages
+        bn_stats = {k: v[0] for k, v in predictor.posterior.bn_stats.items()}
+        closed = closed_form_probs(run, test.test_x, bn_stats, dist=dist)
         calibrating_closed = closed_form_probs(run, calib_x, bn_stats, dist=dist)
         result["probit"] = _test_metrics(closed, None, labels, (calibrating_closed, calib_y))
     if shift is not None:
