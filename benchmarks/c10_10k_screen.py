@@ -52,11 +52,15 @@ RUNS: dict[str, dict] = {
     "hypernet-normal-loc1-scale1": _h(z_loc=1.0, z_scale=1.0),
     # several z per step: 4 groups of 32 images, one draw each (same conv FLOPs)
     "hypernet-normal-draws4": _h(z_draws=4),
-    "hypernet-uniform01-draws4": _h("uniform01", z_draws=4),
-    # a noise schedule: one network for 2 epochs, p(z) opened over the next 4
-    "hypernet-normal-hold2-warmup4": _h(z_hold=2, z_warmup=4),
     # the generated weights' step: the output layers at 1/16 of lr (lr |r|^2 ~ lr)
     "hypernet-normal-thetalr0.0625": _h(theta_lr_scale=0.0625),
+    # a diversity term on the accurate prior: beta cos^2 between two draws' kernels
+    # (Wortsman et al. 2021's subspace regulariser, per layer)
+    "hypernet-uniform01-repel1": _h("uniform01", repulsion=1.0),
+    "hypernet-uniform01-repel4": _h("uniform01", repulsion=4.0),
+    # a noise schedule: one network for 2 epochs, p(z) opened over the next 4
+    "hypernet-normal-hold2-warmup4": _h(z_hold=2, z_warmup=4),
+    "hypernet-uniform01-draws4": _h("uniform01", z_draws=4),
     # a diversity-aware objective: the mixture likelihood of 2 draws (2x the step)
     "hypernet-normal-mixture2": _h(z_draws=2, z_draw_mode="mixture"),
     # the 4-member MAP ensemble of the same protocol (map is member 0): gap-closed reference

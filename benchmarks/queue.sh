@@ -29,12 +29,25 @@ spread() {
     for w in "${pids[@]}"; do wait "$w"; done
 }
 
-# 1. references (done first), the candidates by promise, then the extra MAP seeds, which only
-# calibrate "gap closed"
-spread benchmarks/c10_10k_screen.py map hypernet-normal hypernet-uniform01 \
-    hypernet-normal-loc1-scale1 hypernet-normal-loc1-scale0.5 hypernet-normal-thetalr0.0625 \
-    hypernet-normal-draws4 hypernet-normal-hold2-warmup4 hypernet-normal-mixture2 \
-    hypernet-uniform01-draws4 map-s1 map-s2 map-s3
+# the screening runs without a result yet, in RUNS order (references, candidates by promise,
+# then the extra MAP seeds, which only calibrate "gap closed"); read when called, so candidates
+# added to the driver meanwhile join the next phase
+pending_screen() {
+    local name
+    for name in $("$PY" benchmarks/c10_10k_screen.py --list); do
+        [ -e "benchmarks/results/c10-10k-screen/$name.json" ] || echo "$name"
+    done
+}
+
+# 1. the screening runs: those interrupted at the last stop first (they resume), then the rest
+mapfile -t pending < <(pending_screen)
+started=() rest=()
+for name in "${pending[@]}"; do
+    if [ -d "runs/c10-10k-screen/$name" ]; then started+=("$name"); else rest+=("$name"); fi
+done
+[ ${#started[@]} -eq 0 ] || spread benchmarks/c10_10k_screen.py "${started[@]}"
+mapfile -t rest < <(pending_screen)
+[ ${#rest[@]} -eq 0 ] || spread benchmarks/c10_10k_screen.py "${rest[@]}"
 nice -n 10 "$PY" benchmarks/c10_10k_screen_report.py
 
 # 2a. one process: its run folders are shared

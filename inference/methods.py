@@ -45,7 +45,8 @@ def _implicit_map(config: TrainConfig, epoch: int) -> ImplicitMAP:
 
 
 def _hypernet_loss(config: TrainConfig, epoch: int) -> ImplicitMAP:
-    return ImplicitMAP(config.weight_decay, draws=config.z_draws, mode=config.z_draw_mode)
+    return ImplicitMAP(config.weight_decay, draws=config.z_draws, mode=config.z_draw_mode,
+                       repulsion=config.repulsion)
 
 
 def z_spread(config: TrainConfig, epoch: int, step: int, steps: int) -> float:

@@ -63,11 +63,14 @@ def _epochs(config: Any, *names: str) -> None:
             raise ValueError(f"{name} must be a number of epochs >= 0, got {value!r}")
 
 
-def _finite_positive(config: Any, *names: str) -> None:
+def _finite(config: Any, *names: str, positive: bool = True) -> None:
+    """Each named value a finite number, > 0 (``positive``) or >= 0."""
     for name in names:
         value = getattr(config, name)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or not math.isfinite(value) or value < 0 or (positive and value == 0)):
+            raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
+                             f"got {value!r}")
 
 
 def _choice(value: Any, choices: tuple[str, ...], what: str) -> None:
@@ -99,6 +102,9 @@ class HypernetOptions:
     theta_lr_scale: float = knob(1.0, "the hypernetworks' output layers learn at F x --lr (an "
                                       "SGD step on them moves w by lr |r|^2, about 16 lr at the "
                                       "paper's init with N(0,1))", "F")
+    repulsion: float = knob(0.0, "add BETA x cos^2 between the step's generated kernels and "
+                                 "those of a fresh z, per layer (default 0, the paper's; "
+                                 "the epoch's loss then includes it)", "BETA")
 
     def check(self) -> None:
         check_strategy(self.strategy)
@@ -107,7 +113,8 @@ class HypernetOptions:
         _epochs(self, "z_hold", "z_warmup")
         check_location_scale(self.z_loc, self.z_scale)
         _choice(self.z_draw_mode, DRAW_MODES, "z draw mode")
-        _finite_positive(self, "theta_lr_scale")
+        _finite(self, "theta_lr_scale")
+        _finite(self, "repulsion", positive=False)
 
 
 @dataclass
@@ -146,7 +153,7 @@ class ELBOOptions:
 
     def check(self) -> None:
         _epochs(self, "kl_anneal")
-        _finite_positive(self, "init_scale", "temperature")
+        _finite(self, "init_scale", "temperature")
 
 
 @dataclass
@@ -183,7 +190,7 @@ class SWAGOptions:
 
     def check(self) -> None:
         _positive(self, "swag_rank")
-        _finite_positive(self, "swag_lr")
+        _finite(self, "swag_lr")
         if not 0 <= self.swag_start < 1:
             raise ValueError(f"swag_start must be a fraction of the epochs in [0, 1), got "
                              f"{self.swag_start!r}")

@@ -79,7 +79,7 @@ C10_10K = {"data": "imagefolder:../shared/data/cifar10", "train_subset": 10000,
 # of the prior per mini-batch, no schedule, one learning rate
 HYPERNET = {"method": "hypernet", "strategy": "all-in-one", "prior": "normal", "z_dim": 16,
             "h_dim": 16, "z_loc": 0.0, "z_scale": 1.0, "z_draws": 1, "z_draw_mode": "groups",
-            "z_hold": 0, "z_warmup": 0, "theta_lr_scale": 1.0}
+            "z_hold": 0, "z_warmup": 0, "theta_lr_scale": 1.0, "repulsion": 0.0}
 PRIOR_NAMES = {"normal": "N(0,1)", "uniform": "U(-1,1)", "uniform01": "U(0,1)",
                "halfnormal": "|N(0,1)|"}
 

@@ -1,19 +1,22 @@
 """The hypernet's search options: p(z) location/scale, K draws per step (groups and mixture),
-the spread schedule from an anchor draw, and the output layers' learning-rate factor."""
+the spread schedule from an anchor draw, the output layers' learning-rate factor and the
+repulsion between draws."""
 
 import math
 
 import pyro
+import pyro.poutine as poutine
 import pytest
 import torch
 
 from conftest import make_imagefolder, tiny_batch, tiny_model
-from pyro_implicit import HyperNetworks, ImplicitGuide, ImplicitMAP
+from pyro_implicit import HyperNetworks, ImplicitGuide, ImplicitMAP, PointGuide
 from pyro_implicit.inference.cli import main
 from pyro_implicit.inference.config import TrainConfig
 from pyro_implicit.inference.data import imagefolder_holdout
 from pyro_implicit.inference.methods import build, z_spread
 from pyro_implicit.inference.train import make_loss, make_optimizer, train_step
+from pyro_implicit.objective import weight_similarity
 from pyro_implicit.priors import PRIORS, prior_quantiles, z_prior
 
 
@@ -114,6 +117,83 @@ def test_mixture_is_minus_the_log_of_the_mean_likelihood_of_the_draws():
     assert loss <= -torch.stack(per_draw).mean() + 1e-6
 
 
+def _cos2(a, b):  # 0 for a zero kernel (every hidden unit of a tiny hypernet off)
+    a, b = a.detach().flatten(), b.detach().flatten()
+    return float((a @ b) ** 2 / (a.square().sum() * b.square().sum()).clamp_min(1e-30))
+
+
+def test_repulsion_adds_beta_times_the_mean_cos2_to_a_fresh_draw():
+    model, guide = tiny_model()
+    x, y = tiny_batch(8)
+    plain, _ = _loss(ImplicitMAP(0.0), model, guide, x, y)
+    loss_fn = ImplicitMAP(0.0, repulsion=0.5)
+    loss, _ = _loss(loss_fn, model, guide, x, y)
+    pyro.set_rng_seed(5)  # the step's draw, then the fresh one
+    w = guide.weights(pyro.sample("z", guide.z_distribution()))
+    other = guide.weights(guide.sample_latent())
+    similarity = sum(_cos2(w[n], other[n]) for n in w) / len(w)
+    assert 0 < similarity < 1
+    assert loss_fn.terms["similarity"].item() == pytest.approx(similarity, rel=1e-5)
+    assert loss.item() == pytest.approx(plain.item() + 0.5 * similarity, rel=1e-5)
+    # with groups the fresh draws come after the groups' own: the data term is unchanged
+    grouped = ImplicitMAP(0.0, draws=2, repulsion=1.0)
+    _loss(grouped, model, guide, x, y)
+    assert grouped.terms["data"].item() == pytest.approx(
+        _loss(ImplicitMAP(0.0, draws=2), model, guide, x, y)[0].item(), rel=1e-6)
+    assert 0 < grouped.terms["similarity"].item() < 1
+
+
+def test_repulsion_gradient_turns_the_draws_apart():
+    torch.manual_seed(0)
+    model, guide = tiny_model(prior="uniform01")  # near-copies: cos^2 close to 1
+    optimizer = torch.optim.SGD(guide.parameters(), lr=5.0)
+    x, _ = tiny_batch(8)
+
+    @torch.no_grad()
+    def mean_cos2():
+        torch.manual_seed(123)
+        pairs = [(guide.weights(guide.sample_latent()), guide.weights(guide.sample_latent()))
+                 for _ in range(64)]
+        return sum(_cos2(a[n], b[n]) for a, b in pairs for n in a) / (64 * len(pairs[0][0]))
+
+    before = mean_cos2()
+    for _ in range(40):  # the term alone, through the step's draw only
+        optimizer.zero_grad()
+        weight_similarity(guide, poutine.trace(guide).get_trace(x)).backward()
+        optimizer.step()
+    assert before > 0.7 and mean_cos2() < before - 0.2
+
+
+def test_repulsion_steps_fused_as_unfused():
+    """The term's gradient reaches theta through the step's one kernel generation, so the
+    fused SGD update stays on and makes the unfused step."""
+    config = TrainConfig(model="wrn-10-1", z_dim=4, h_dim=6, prior="uniform01",
+                         repulsion=2.0).validate()
+    x, y = tiny_batch(16)
+    after = []
+    for fuse in (True, False):
+        pyro.set_rng_seed(0)
+        model, guide = build(config, num_classes=5, in_channels=3, num_data=64)
+        optimizer = make_optimizer(config, model, guide, fuse=fuse)
+        assert (guide.hypernet.fused_sgd_group() is not None) == fuse
+        for step in range(2):
+            pyro.set_rng_seed(10 + step)
+            train_step(model, guide, make_loss(config), optimizer, x, y)
+        after.append(guide.hypernet.output.detach().clone())
+    torch.testing.assert_close(after[0], after[1], rtol=1e-5, atol=1e-6)
+
+
+def test_repulsion_needs_a_latent_and_is_refused_below_zero():
+    model, _ = tiny_model()
+    with pytest.raises(ValueError, match="repulsion needs a guide with a latent draw"):
+        ImplicitMAP(0.0, repulsion=1.0).loss_and_logits(model, PointGuide(), *tiny_batch(4))
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(ValueError, match="repulsion must be a finite number >= 0"):
+            ImplicitMAP(repulsion=bad)
+    with pytest.raises(ValueError, match="repulsion must be a finite number >= 0"):
+        TrainConfig(repulsion=-0.5).validate()
+
+
 def test_draw_options_are_refused_with_one_line():
     with pytest.raises(ValueError, match="draws must be a positive integer"):
         ImplicitMAP(draws=0)
@@ -177,10 +257,11 @@ def test_cli_trains_with_every_search_option(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--train-subset", "60", "--epochs", "3",
                  "--batch-size", "32", "--model", "wrn-10-1", "--z-dim", "4", "--h-dim", "4",
                  "--z-loc", "1", "--z-scale", "0.5", "--z-draws", "2", "--z-hold", "1",
-                 "--z-warmup", "1", "--theta-lr-scale", "0.5", "--out", str(out)]) == 0
+                 "--z-warmup", "1", "--theta-lr-scale", "0.5", "--repulsion", "0.25",
+                 "--out", str(out)]) == 0
     saved = TrainConfig.load(out / "config.json")
     assert (saved.z_loc, saved.z_scale, saved.z_draws, saved.z_hold, saved.z_warmup,
-            saved.theta_lr_scale) == (1.0, 0.5, 2, 1, 1, 0.5)
+            saved.theta_lr_scale, saved.repulsion) == (1.0, 0.5, 2, 1, 1, 0.5, 0.25)
     assert main(["train", "--z-draw-mode", "nope", "--data", "digits",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "unknown z draw mode 'nope'" in capsys.readouterr().err

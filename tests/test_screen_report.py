@@ -1,6 +1,7 @@
 """The screening report's reference scales: gap closed (MAP 0, ensemble 1) and the deep-ensemble
 equivalent interpolated on the MAP member curve."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -63,12 +64,21 @@ def test_without_a_matched_candidate_the_pareto_front_is_selected():
     assert summary["selection"] == ["b", "a"]  # c and d are beaten by b; references excluded
 
 
-def test_the_queue_runs_every_screening_run():
+def test_the_queue_runs_every_screening_run_without_a_result(tmp_path):
     import re
+    import subprocess
 
     import c10_10k_screen
 
-    queue = (Path(__file__).resolve().parent.parent / "benchmarks" / "queue.sh").read_text()
-    block = queue.split("spread benchmarks/c10_10k_screen.py", 1)[1].split("\n\n", 1)[0]
-    listed = re.findall(r"(?:map|hypernet)[\w.-]*", block)
-    assert sorted(listed) == sorted(c10_10k_screen.RUNS)
+    benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
+    queue = (benchmarks / "queue.sh").read_text()
+    pending = re.search(r"^pending_screen\(\) \{\n.*?^\}$", queue, re.S | re.M).group(0)
+    (tmp_path / "benchmarks" / "results" / "c10-10k-screen").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "c10_10k_screen.py").symlink_to(benchmarks / "c10_10k_screen.py")
+    done = list(c10_10k_screen.RUNS)[:2]
+    for name in done:
+        (tmp_path / "benchmarks" / "results" / "c10-10k-screen" / f"{name}.json").write_text("{}")
+    out = subprocess.run(["bash", "-c", f"{pending}\npending_screen"], cwd=tmp_path,
+                         env={**os.environ, "PY": sys.executable}, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [n for n in c10_10k_screen.RUNS if n not in done]
