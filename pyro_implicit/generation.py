@@ -18,19 +18,26 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise, repeat
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from .native import fused_sgd_kernel
 
-if TYPE_CHECKING:
-    from .hypernet import HyperNetworks
-
 MIN_TASK_ROWS = 1 << 16  # a layer's rows of theta are split across threads only in ranges this long
 CHUNK_ROWS = 1 << 14  # rows of theta updated at once by the fused SGD backward (1 MB at h_dim 16)
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 _local = threading.local()  # per thread: the fused backward's scratch, kept between steps
+
+
+class GradientOwner(Protocol):
+    """What :class:`_Generate` asks of the module owning theta (a
+    :class:`~pyro_implicit.hypernet.HyperNetworks`): whether its backward should apply the SGD
+    step itself, and memory for the gradient it writes otherwise."""
+
+    def fused_sgd_group(self) -> tuple[torch.optim.SGD, dict] | None: ...
+
+    def take_spare_grad(self, like: torch.Tensor) -> torch.Tensor: ...
 
 
 def _threads_for(output: torch.Tensor) -> int:
@@ -81,7 +88,7 @@ class _Generate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, output: torch.Tensor, hidden: torch.Tensor, sizes: list[int],
-                owner: HyperNetworks):
+                owner: GradientOwner):
         ctx.save_for_backward(output, hidden)
         ctx.sizes, ctx.owner = sizes, owner
         blocks = output.split(sizes)
