@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every long run the open work needs, in order, each resumable: rerun this after a restart and
 # it continues where it stopped (finished runs are skipped, a killed one resumes).
-#   1. c10-10k-screen: candidates and references, then their report;
+#   1. c10-10k-screen: candidates and references (a pool of workers), then their report;
 #   2. two workers at once:
 #      a. the c10-10k uncertainty evaluation, training the run folders it needs (map seeds 0-3,
 #         the baselines, swag, laplace, the fixed bayes-hypernet), then their c10-10k rows;
@@ -15,23 +15,32 @@ PY=${PY:-.venv/bin/python}
 WORKERS=${WORKERS:-2}
 THREADS=$((WORKERS > 1 ? 1 : 2))
 
-# run "driver.py" over the names given, split round-robin between $WORKERS processes
-spread() {
+# run "driver.py" once per name, on $WORKERS processes that each take the next name not taken
+# yet: no core waits for another's last run. A name some other process already runs (left
+# over from an earlier queue) is skipped.
+pool() {
     local driver=$1; shift
-    local names=("$@") pids=() w i
+    local claims pids=() w
+    claims=$(mktemp -d)
     for ((w = 0; w < WORKERS; w++)); do
-        local mine=()
-        for ((i = w; i < ${#names[@]}; i += WORKERS)); do mine+=("${names[i]}"); done
-        [ ${#mine[@]} -gt 0 ] || continue
-        OMP_NUM_THREADS=$THREADS nice -n 10 "$PY" "$driver" --only "${mine[@]}" &
+        (
+            for name in "$@"; do
+                mkdir "$claims/$name" 2>/dev/null || continue
+                if pgrep -f -- "$(basename "$driver") --only( .*)? $name( |\$)" > /dev/null; then
+                    echo "queue: $name is already running elsewhere; skipped"
+                    continue
+                fi
+                OMP_NUM_THREADS=$THREADS nice -n 10 "$PY" "$driver" --only "$name"
+            done
+        ) &
         pids+=($!)
     done
     for w in "${pids[@]}"; do wait "$w"; done
+    rm -rf "$claims"
 }
 
 # the screening runs without a result yet, in RUNS order (references, candidates by promise,
-# then the extra MAP seeds, which only calibrate "gap closed"); read when called, so candidates
-# added to the driver meanwhile join the next phase
+# then the extra MAP seeds, which only calibrate "gap closed")
 pending_screen() {
     local name
     for name in $("$PY" benchmarks/c10_10k_screen.py --list); do
@@ -45,9 +54,7 @@ started=() rest=()
 for name in "${pending[@]}"; do
     if [ -d "runs/c10-10k-screen/$name" ]; then started+=("$name"); else rest+=("$name"); fi
 done
-[ ${#started[@]} -eq 0 ] || spread benchmarks/c10_10k_screen.py "${started[@]}"
-mapfile -t rest < <(pending_screen)
-[ ${#rest[@]} -eq 0 ] || spread benchmarks/c10_10k_screen.py "${rest[@]}"
+[ ${#pending[@]} -eq 0 ] || pool benchmarks/c10_10k_screen.py "${started[@]}" "${rest[@]}"
 nice -n 10 "$PY" benchmarks/c10_10k_screen_report.py
 
 # 2a. one process: its run folders are shared

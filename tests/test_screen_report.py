@@ -82,3 +82,18 @@ def test_the_queue_runs_every_screening_run_without_a_result(tmp_path):
                          env={**os.environ, "PY": sys.executable}, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == [n for n in c10_10k_screen.RUNS if n not in done]
+
+
+def test_the_queue_pool_runs_each_name_once_over_its_workers(tmp_path):
+    import re
+    import subprocess
+
+    queue = (Path(__file__).resolve().parent.parent / "benchmarks" / "queue.sh").read_text()
+    pool = re.search(r"^pool\(\) \{\n.*?^\}$", queue, re.S | re.M).group(0)
+    driver = tmp_path / "fake_driver.py"
+    done = str(tmp_path / "done")
+    driver.write_text(f"import sys\nopen({done!r}, 'a').write(sys.argv[2] + '\\n')\n")
+    subprocess.run(["bash", "-c", f"set -euo pipefail\n{pool}\npool {driver} a b c d e"],
+                   env={**os.environ, "PY": sys.executable, "WORKERS": "2", "THREADS": "1"},
+                   check=True, cwd=tmp_path)
+    assert sorted((tmp_path / "done").read_text().split()) == ["a", "b", "c", "d", "e"]
