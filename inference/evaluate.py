@@ -514,8 +514,9 @@ def evaluate_run(path: Path, samples: Sequence[int] = (1, 2, 4, 8, 16), data: st
 
 def format_table(rows: dict[str, dict]) -> str:
     """A plain-text table of ``{label: {"error", "nll", "ece", "brier"}}`` (errors in %)."""
-    lines = [f"{'':<16}{'error %':>9}{'NLL':>9}{'ECE':>9}{'Brier':>9}"]
+    width = max([16, *(len(label) + 2 for label in rows)])
+    lines = [f"{'':<{width}}{'error %':>9}{'NLL':>9}{'ECE':>9}{'Brier':>9}"]
     for label, m in rows.items():
-        lines.append(f"{label:<16}{100 * m['error']:>9.2f}{m['nll']:>9.4f}{m['ece']:>9.4f}"
-                     f"{m['brier']:>9.4f}")
+        lines.append(f"{label:<{width}}{100 * m['error']:>9.2f}{m['nll']:>9.4f}"
+                     f"{m['ece']:>9.4f}{m['brier']:>9.4f}")
     return "\n".join(lines)

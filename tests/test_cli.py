@@ -9,6 +9,7 @@ from pyro_implicit.inference import checkpoint as ckpt_module
 from pyro_implicit.inference import train as train_module
 from pyro_implicit.inference.checkpoint import load_checkpoint
 from pyro_implicit.inference.cli import main
+from pyro_implicit.inference.config import TrainConfig
 
 TINY = ["--model", "wrn-10-1", "--batch-size", "8", "--z-dim", "4", "--h-dim", "4"]
 
@@ -166,10 +167,33 @@ def test_tampered_checkpoint_is_refused(tmp_path):
 
 
 def test_demo_prints_the_comparison_table(tmp_path, capsys):
-    assert main(["demo", "--model", "wrn-10-1", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    from pyro_implicit.inference.cli import demo_runs
+
+    report = tmp_path / "demo.json"
+    assert main(["demo", "--model", "wrn-10-1", "--epochs", "1", "--out", str(tmp_path / "runs"),
+                 "--json", str(report)]) == 0
     out = capsys.readouterr().out
-    for row in ("MAP", "hypernet x1", "hypernet x16", "error %", "NLL", "ECE"):
+    labels = [label for label, _, _ in demo_runs()]
+    assert labels[:2] == ["MAP", "paper hypernet"]
+    for row in ("MAP", "paper hypernet x1", "paper hypernet x16", "error %", "NLL", "ECE"):
         assert row in out
+    rows = json.loads(report.read_text())["rows"]
+    assert list(rows) == ["MAP"] + [f"{label} x{n}" for label in labels[1:] for n in (1, 16)]
+    saved = TrainConfig.load(tmp_path / "runs" / "hypernet-paper" / "config.json")
+    assert (saved.prior, saved.z_draws, saved.repulsion) == ("normal", 1, 0.0)
+    last = labels[-1]
+    beats = rows[f"{last} x16"]["nll"] < rows["MAP"]["nll"]
+    assert f"{last} x16 NLL" in out and ("does not beat" in out) != beats
+
+
+def test_demo_adds_the_best_hypernet_once_the_defaults_leave_the_papers(monkeypatch):
+    from pyro_implicit.inference import cli
+
+    differs = TrainConfig(method="hypernet") != TrainConfig(**cli.HYPERNET)
+    assert ("best hypernet" in [label for label, _, _ in cli.demo_runs()]) == differs
+    monkeypatch.setitem(cli.HYPERNET, "repulsion", 0.5)  # the paper's now differs from train's
+    assert [label for label, _, _ in cli.demo_runs()] == ["MAP", "paper hypernet",
+                                                         "best hypernet"]
 
 
 def test_missing_cifar10_explains_the_options(tmp_path, capsys):
