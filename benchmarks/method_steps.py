@@ -42,6 +42,8 @@ HYPERNET_OPTIONS: dict[str, dict] = {
     "hypernet --z-draws 4": dict(method="hypernet", z_draws=4),
     "hypernet --z-draws 2 --z-draw-mode mixture": dict(method="hypernet", z_draws=2,
                                                         z_draw_mode="mixture"),
+    "hypernet --prior uniform01 --repulsion 1": dict(method="hypernet", prior="uniform01",
+                                                     repulsion=1.0),
 }
 
 
