@@ -14,13 +14,16 @@ set with N in {1, 4, 16} (x1 the median of 5 draws, BN recalibrated per draw ove
 Run folders that are missing or unfinished are trained (or resumed) first with
 ``benchmarks/c10_10k.py``'s configuration of that name (the four MAP members of the
 deep-ensemble equivalent first; ``laplace-s0`` after ``map-s0``), so the driver can be killed and
-restarted at any point; ``--no-train`` evaluates only what has finished. Writes
+restarted at any point; ``--no-train`` evaluates only what has finished, ``--train-only`` trains
+the named runs and evaluates nothing (a run folder another process is writing is left to it),
+so that several processes can train different runs at once. Writes
 ``RESULTS/NAME.json`` (the ``evaluate`` JSON plus the run's config and the evaluation's wall
 time); finished JSONs are skipped. A run that diverges is reported and skipped. Run one process
-at a time: the run folders are shared.
+at a time per run folder: the folders are shared (``--train-only`` on distinct names is safe).
 
-Usage: python benchmarks/c10_10k_uncertainty.py [--only NAME ...] [--list] [--no-train]
-           [--runs runs/c10-10k] [--results benchmarks/results/c10-10k-uncertainty]
+Usage: python benchmarks/c10_10k_uncertainty.py [--only NAME ...] [--list]
+           [--no-train | --train-only] [--runs runs/c10-10k]
+           [--results benchmarks/results/c10-10k-uncertainty]
 Then: python benchmarks/c10_10k_uncertainty_report.py
 """
 
@@ -39,7 +42,7 @@ from pyro_implicit.inference.data import imagefolder_holdout  # noqa: E402
 from pyro_implicit.inference.evaluate import evaluate, ood_images  # noqa: E402
 from pyro_implicit.inference.outputs import write_json  # noqa: E402
 from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
-from pyro_implicit.inference.runs import is_finished, load_run  # noqa: E402
+from pyro_implicit.inference.runs import RunLocked, is_finished, load_run  # noqa: E402
 
 RUNS = ("map-s0", "ensemble-s0", "mc-dropout-s0", "bbb-s0", "swag-s0", "laplace-s0",
         "bayes-hypernet-s0", "hypernet-normal-s0", "hypernet-uniform01-s0", "hypernet-best-s0")
@@ -91,12 +94,22 @@ def evaluate_uncertainty(name: str, runs: Path, data: str, held_out: tuple) -> d
 
 def main() -> None:
     def no_train(p) -> None:
-        p.add_argument("--no-train", action="store_true",
-                       help="evaluate finished run folders only, train nothing")
+        mode = p.add_mutually_exclusive_group()
+        mode.add_argument("--no-train", action="store_true",
+                          help="evaluate finished run folders only, train nothing")
+        mode.add_argument("--train-only", action="store_true",
+                          help="train (or resume) the named runs, evaluate nothing")
 
     _, args, names = driver_arguments(__doc__.splitlines()[0], list(RUNS), C10_10K["data"],
                                       "c10-10k-uncertainty", no_train, runs_folder="c10-10k")
     if names is None:
+        return
+    if args.train_only:
+        for name in names:
+            try:
+                ensure_trained(name, args.runs, args.data)
+            except RunLocked as err:
+                print(f"{name}: left to the process writing it ({err})", flush=True)
         return
     if not args.no_train:
         for name in DEE_MEMBERS:

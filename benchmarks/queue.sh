@@ -1,36 +1,45 @@
 #!/usr/bin/env bash
-# Every long run the open work needs, in order, each resumable: rerun this after a restart and
-# it continues where it stopped (finished runs are skipped, a killed one resumes).
-#   1. c10-10k-screen: candidates and references (a pool of workers), then their report;
-#   2. two workers at once:
-#      a. the c10-10k uncertainty evaluation, training the run folders it needs (map seeds 0-3,
-#         the baselines, swag, laplace, the fixed bayes-hypernet), then their c10-10k rows;
-#      b. the best hypernet's 3 seeds (once the screening has named it: hypernet-best-s*),
-#         then the 120-epoch MAP / N(0,1) / U(0,1) runs.
-# Two workers of one thread each: a 2-core machine does more runs per hour that way than one
-# 2-thread run at a time. WORKERS=1 runs everything in one process.
+# Every long run the open work needs, in priority order, each resumable: rerun this after a
+# restart and it continues where it stopped (finished runs are skipped, a killed one resumes).
+#   1. c10-10k-screen: the candidates without a result (interrupted ones first);
+#   2. the baselines' c10-10k rows: map-s0's folder (laplace is fitted to it), swag, the fixed
+#      bayes-hypernet, then the best hypernet's 3 seeds (once the screening has named it:
+#      hypernet-best-s*), laplace and map-s3;
+#   3. the uncertainty evaluation: the run folders it needs, then one evaluation per run;
+#   4. the 120-epoch MAP / N(0,1) / U(0,1) runs, then the screening's extra MAP seeds (they
+#      only calibrate its "gap closed");
+#   5. the reports.
+# A pool of WORKERS processes of one thread each takes the jobs in order: a 2-core machine does
+# more runs per hour that way than one 2-thread run at a time. WORKERS=1 runs them one by one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 WORKERS=${WORKERS:-2}
 THREADS=$((WORKERS > 1 ? 1 : 2))
+SCREEN_RESULTS=benchmarks/results/c10-10k-screen
+DRIVERS="benchmarks/c10_10k[a-z_]*[.]py"
 
-# run "driver.py" once per name, on $WORKERS processes that each take the next name not taken
-# yet: no core waits for another's last run. A name some other process already runs (left
-# over from an earlier queue) is skipped.
+# run each job ("DRIVER NAME [FLAG ...]": $PY DRIVER --only NAME FLAG ...) once, on $WORKERS
+# processes that each take the next job not taken yet, so no core waits for another's last run.
+# A job whose run some other process already has (left over from an earlier queue) is skipped,
+# and no job starts while $WORKERS drivers are running.
 pool() {
-    local driver=$1; shift
     local claims pids=() w
     claims=$(mktemp -d)
     for ((w = 0; w < WORKERS; w++)); do
         (
-            for name in "$@"; do
-                mkdir "$claims/$name" 2>/dev/null || continue
+            local i=0 job driver name
+            for job in "$@"; do
+                i=$((i + 1))
+                mkdir "$claims/$i" 2>/dev/null || continue
+                read -r driver name flags <<< "$job"
                 if pgrep -f -- "$(basename "$driver") --only( .*)? $name( |\$)" > /dev/null; then
-                    echo "queue: $name is already running elsewhere; skipped"
+                    echo "queue: $name ($driver) is already running elsewhere; skipped"
                     continue
                 fi
-                OMP_NUM_THREADS=$THREADS nice -n 10 "$PY" "$driver" --only "$name"
+                while [ "$(pgrep -fc -- "$DRIVERS" || true)" -ge "$WORKERS" ]; do sleep 60; done
+                # shellcheck disable=SC2086  # flags are words
+                OMP_NUM_THREADS=$THREADS nice -n 10 "$PY" "$driver" --only "$name" $flags
             done
         ) &
         pids+=($!)
@@ -39,45 +48,45 @@ pool() {
     rm -rf "$claims"
 }
 
-# the screening runs without a result yet, in RUNS order (references, candidates by promise,
-# then the extra MAP seeds, which only calibrate "gap closed")
+# the screening runs without a result yet, in the driver's order (references, then the
+# candidates by promise), those interrupted at the last stop first; EXTRA: the MAP seeds 1-3
 pending_screen() {
-    local name
+    local name started=() rest=()
     for name in $("$PY" benchmarks/c10_10k_screen.py --list); do
-        [ -e "benchmarks/results/c10-10k-screen/$name.json" ] || echo "$name"
+        [ -e "$SCREEN_RESULTS/$name.json" ] && continue
+        if [[ $name == map-s* ]]; then
+            [ "${1:-}" = extra ] && echo "$name"
+            continue
+        fi
+        [ "${1:-}" = extra ] && continue
+        if [ -d "runs/c10-10k-screen/$name" ]; then started+=("$name"); else rest+=("$name"); fi
     done
+    for name in "${started[@]}" "${rest[@]}"; do echo "$name"; done
 }
 
-# 1. the screening runs: those interrupted at the last stop first (they resume), then the rest
-mapfile -t pending < <(pending_screen)
-started=() rest=()
-for name in "${pending[@]}"; do
-    if [ -d "runs/c10-10k-screen/$name" ]; then started+=("$name"); else rest+=("$name"); fi
+# every job, in priority order
+all_jobs() {
+    local name c10=benchmarks/c10_10k.py unc=benchmarks/c10_10k_uncertainty.py
+    for name in $(pending_screen); do echo "benchmarks/c10_10k_screen.py $name"; done
+    echo "$unc map-s0 --train-only"
+    echo "$c10 swag-s0"
+    echo "$c10 bayes-hypernet-s0"
+    for name in $("$PY" "$c10" --list | grep '^hypernet-best-s' || true); do echo "$c10 $name"; done
+    echo "$c10 laplace-s0"
+    echo "$c10 map-s3"
+    for name in map-s1 map-s2 mc-dropout-s0 bbb-s0 hypernet-normal-s0 hypernet-uniform01-s0 \
+        ensemble-s0; do
+        echo "$unc $name --train-only"
+    done
+    for name in $("$PY" "$unc" --list); do echo "$unc $name --no-train"; done
+    for name in map-e120-s0 hypernet-normal-e120-s0 hypernet-uniform01-e120-s0; do
+        echo "$c10 $name"
+    done
+    for name in $(pending_screen extra); do echo "benchmarks/c10_10k_screen.py $name"; done
+}
+
+mapfile -t all < <(all_jobs)
+pool "${all[@]}"
+for report in c10_10k_screen_report c10_10k_report c10_10k_uncertainty_report; do
+    nice -n 10 "$PY" "benchmarks/$report.py"
 done
-[ ${#pending[@]} -eq 0 ] || pool benchmarks/c10_10k_screen.py "${started[@]}" "${rest[@]}"
-nice -n 10 "$PY" benchmarks/c10_10k_screen_report.py
-
-# 2a. one process: its run folders are shared
-uncertainty() {
-    OMP_NUM_THREADS=$THREADS nice -n 10 "$PY" benchmarks/c10_10k_uncertainty.py
-    OMP_NUM_THREADS=$THREADS nice -n 10 "$PY" benchmarks/c10_10k.py --only map-s3 swag-s0 \
-        laplace-s0 bayes-hypernet-s0
-    nice -n 10 "$PY" benchmarks/c10_10k_uncertainty_report.py
-}
-# 2b.
-longer() {
-    local best
-    mapfile -t best < <("$PY" benchmarks/c10_10k.py --list | grep '^hypernet-best-s' || true)
-    [ ${#best[@]} -eq 0 ] || OMP_NUM_THREADS=$THREADS nice -n 10 "$PY" benchmarks/c10_10k.py \
-        --only "${best[@]}"
-    OMP_NUM_THREADS=$THREADS nice -n 10 "$PY" benchmarks/c10_10k.py --only map-e120-s0 \
-        hypernet-normal-e120-s0 hypernet-uniform01-e120-s0
-}
-if [ "$WORKERS" -gt 1 ]; then
-    uncertainty & a=$!
-    longer & b=$!
-    wait "$a"; wait "$b"
-else
-    uncertainty
-    longer
-fi

@@ -64,36 +64,51 @@ def test_without_a_matched_candidate_the_pareto_front_is_selected():
     assert summary["selection"] == ["b", "a"]  # c and d are beaten by b; references excluded
 
 
-def test_the_queue_runs_every_screening_run_without_a_result(tmp_path):
+def _queue_function(name: str) -> str:
     import re
+
+    queue = (Path(__file__).resolve().parent.parent / "benchmarks" / "queue.sh").read_text()
+    return re.search(rf"^{name}\(\) \{{\n.*?^\}}$", queue, re.S | re.M).group(0)
+
+
+def test_the_queue_runs_every_screening_run_without_a_result(tmp_path):
     import subprocess
 
     import c10_10k_screen
 
     benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
-    queue = (benchmarks / "queue.sh").read_text()
-    pending = re.search(r"^pending_screen\(\) \{\n.*?^\}$", queue, re.S | re.M).group(0)
-    (tmp_path / "benchmarks" / "results" / "c10-10k-screen").mkdir(parents=True)
+    results = tmp_path / "results"
+    results.mkdir()
+    (tmp_path / "benchmarks").mkdir()
     (tmp_path / "benchmarks" / "c10_10k_screen.py").symlink_to(benchmarks / "c10_10k_screen.py")
-    done = list(c10_10k_screen.RUNS)[:2]
+    names = list(c10_10k_screen.RUNS)
+    done, interrupted = names[:2], names[4]
     for name in done:
-        (tmp_path / "benchmarks" / "results" / "c10-10k-screen" / f"{name}.json").write_text("{}")
-    out = subprocess.run(["bash", "-c", f"{pending}\npending_screen"], cwd=tmp_path,
-                         env={**os.environ, "PY": sys.executable}, capture_output=True,
-                         text=True, check=True).stdout.split()
-    assert out == [n for n in c10_10k_screen.RUNS if n not in done]
+        (results / f"{name}.json").write_text("{}")
+    (tmp_path / "runs" / "c10-10k-screen" / interrupted).mkdir(parents=True)
+
+    def pending(*args: str) -> list[str]:
+        script = f"{_queue_function('pending_screen')}\npending_screen {' '.join(args)}"
+        return subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True,
+                              text=True, check=True, env={**os.environ, "PY": sys.executable,
+                                                          "SCREEN_RESULTS": str(results)}
+                              ).stdout.split()
+
+    candidates = [n for n in names if n not in done and not n.startswith("map-s")]
+    assert pending() == [interrupted] + [n for n in candidates if n != interrupted]
+    assert pending("extra") == [n for n in names if n.startswith("map-s")] == \
+        ["map-s1", "map-s2", "map-s3"]
 
 
-def test_the_queue_pool_runs_each_name_once_over_its_workers(tmp_path):
-    import re
+def test_the_queue_pool_runs_each_job_once_over_its_workers(tmp_path):
     import subprocess
 
-    queue = (Path(__file__).resolve().parent.parent / "benchmarks" / "queue.sh").read_text()
-    pool = re.search(r"^pool\(\) \{\n.*?^\}$", queue, re.S | re.M).group(0)
     driver = tmp_path / "fake_driver.py"
     done = str(tmp_path / "done")
-    driver.write_text(f"import sys\nopen({done!r}, 'a').write(sys.argv[2] + '\\n')\n")
-    subprocess.run(["bash", "-c", f"set -euo pipefail\n{pool}\npool {driver} a b c d e"],
-                   env={**os.environ, "PY": sys.executable, "WORKERS": "2", "THREADS": "1"},
-                   check=True, cwd=tmp_path)
-    assert sorted((tmp_path / "done").read_text().split()) == ["a", "b", "c", "d", "e"]
+    driver.write_text(f"import sys\nopen({done!r}, 'a').write(' '.join(sys.argv[2:]) + '\\n')\n")
+    jobs = " ".join(f"'{driver} {name} --flag'" for name in "abcde")
+    subprocess.run(["bash", "-c", f"set -euo pipefail\n{_queue_function('pool')}\npool {jobs}"],
+                   env={**os.environ, "PY": sys.executable, "WORKERS": "2", "THREADS": "1",
+                        "DRIVERS": "no-such-driver-runs"}, check=True, cwd=tmp_path)
+    assert sorted((tmp_path / "done").read_text().splitlines()) == [
+        f"{name} --flag" for name in "abcde"]
