@@ -105,17 +105,22 @@ def summarise(results: dict[str, dict], curve: dict | None, tolerance: float) ->
         rule = "pareto"
         eligible = sorted(pareto_front({n: rows[n] for n in candidates}),
                           key=lambda n: rows[n]["x16_nll"])
+    papers = [n for n in REFERENCES if n != "map" and "x1_error" in rows.get(n, {})]
+    beaten = {n: [ref for ref in papers if dominates(rows[ref], rows[n])] for n in eligible}
     return {"runs": rows, "member_curve": curve, "tolerance_points": tolerance,
-            "selection": eligible, "selection_rule": rule}
+            "selection": eligible, "selection_rule": rule,
+            "beaten_by_paper": {n: refs for n, refs in beaten.items() if refs}}
+
+
+def dominates(a: dict, b: dict) -> bool:
+    """Whether run ``a`` is no worse than ``b`` on both x1 error and x16 NLL, and better on one."""
+    return (a["x1_error"] <= b["x1_error"] and a["x16_nll"] <= b["x16_nll"]
+            and (a["x1_error"], a["x16_nll"]) != (b["x1_error"], b["x16_nll"]))
 
 
 def pareto_front(rows: dict[str, dict]) -> list[str]:
     """The runs no other run beats on both x1 error and x16 NLL (ties kept)."""
-    def beaten(r: dict) -> bool:
-        return any(o["x1_error"] <= r["x1_error"] and o["x16_nll"] <= r["x16_nll"]
-                   and (o["x1_error"], o["x16_nll"]) != (r["x1_error"], r["x16_nll"])
-                   for o in rows.values())
-    return [n for n, r in rows.items() if not beaten(r)]
+    return [n for n, r in rows.items() if not any(dominates(o, r) for o in rows.values())]
 
 
 def cell(value, digits: int = 2, percent: bool = False) -> str:
@@ -163,6 +168,11 @@ def make_table(summary: dict, missing: list[str]) -> str:
     else:
         notes.append(f"Selection (x1 error within {summary['tolerance_points']:g} point of "
                      f"MAP's, lowest x16 NLL first): {', '.join(selection) or '—'}.")
+    beaten = summary.get("beaten_by_paper", {})
+    if selection and all(n in beaten for n in selection):
+        notes.append("No selected candidate improves on the paper: each is beaten on both x1 "
+                     "error and x16 NLL by a paper hypernet (" + "; ".join(
+                         f"{n}: {', '.join(beaten[n])}" for n in selection) + ").")
     notes.append("s/epoch: median epoch wall time as recorded while other work shared the 2 "
                  "cores; compare step costs in benchmarks/results/speed/, not here.")
     if missing:

@@ -62,6 +62,8 @@ def test_without_a_matched_candidate_the_pareto_front_is_selected():
     summary = summarise(results, None, tolerance=1.0)
     assert summary["selection_rule"] == "pareto"
     assert summary["selection"] == ["b", "a"]  # c and d are beaten by b; references excluded
+    # a is no better than the paper's U(0,1) on either axis and worse on one; b beats it on NLL
+    assert summary["beaten_by_paper"] == {"a": ["hypernet-uniform01"]}
 
 
 def _queue_function(name: str) -> str:
