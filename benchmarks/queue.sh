@@ -87,6 +87,7 @@ all_jobs() {
 
 mapfile -t all < <(all_jobs)
 pool "${all[@]}"
-for report in c10_10k_screen_report c10_10k_report c10_10k_uncertainty_report; do
+for report in c10_10k_screen_report c10_10k_report c10_10k_cost_report \
+    c10_10k_uncertainty_report; do
     nice -n 10 "$PY" "benchmarks/$report.py"
 done

@@ -1,0 +1,72 @@
+"""benchmarks/c10_10k_cost_report.py: training cost in MAP runs from measured step ratios, the
+seed mean and spread, and gap closed between MAP (0) and the 4-MAP ensemble (1)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import c10_10k_cost_report as report  # noqa: E402
+
+METHODS = {"map": 1.0, "hypernet": 1.02, "bbb": 1.1}
+OPTIONS = {"map": 1.0, "hypernet": 1.0, "hypernet --z-draws 4": 1.1,
+           "hypernet --z-draws 2 --z-draw-mode mixture": 2.0,
+           "hypernet --prior uniform01 --repulsion 1": 1.01}
+
+
+def result(name, method, error, nll, epochs=40, **config):
+    samples = {n: {"error": error, "nll": nll, "ece": 0.05} for n in ("1", "4", "16")}
+    return {"name": name, "samples": samples,
+            "config": {"method": method, "epochs": epochs, "z_draws": 1,
+                       "z_draw_mode": "groups", "repulsion": 0.0, **config}}
+
+
+def test_cost_seeds_and_gap_closed():
+    results = {
+        "map-s0": result("map-s0", "map", 0.26, 0.84),
+        "map-s1": result("map-s1", "map", 0.24, 0.80),
+        "ensemble-s0": result("ensemble-s0", "ensemble", 0.20, 0.60, members=4),
+        "hypernet-uniform01-e120-s0": result("hypernet-uniform01-e120-s0", "hypernet", 0.23,
+                                             0.72, epochs=120),
+        "hypernet-best-s0": result("hypernet-best-s0", "hypernet", 0.22, 0.71, repulsion=1.0),
+    }
+    rows = report.summarise(results, METHODS, OPTIONS)
+    assert list(rows) == ["MAP", "ensemble of 4 MAP", "paper hypernet U(0,1), 120 epochs",
+                          "best hypernet"]
+    assert rows["MAP"]["error"][0] == pytest.approx(0.25)
+    assert rows["MAP"]["error"][1] == pytest.approx(0.0002 ** 0.5)  # sample std of two seeds
+    assert rows["ensemble of 4 MAP"]["cost"] == 4.0
+    assert rows["paper hypernet U(0,1), 120 epochs"]["cost"] == pytest.approx(3.0)
+    assert rows["best hypernet"]["cost"] == pytest.approx(1.01)
+    assert rows["best hypernet"]["gap_closed"]["error"] == pytest.approx(0.6)
+    assert rows["best hypernet"]["gap_closed"]["nll"] == pytest.approx(0.11 / 0.22)
+    assert rows["ensemble of 4 MAP"]["gap_closed"] == {"error": 1.0, "nll": 1.0}
+
+
+def test_step_ratio_of_each_option():
+    base = {"method": "hypernet", "z_draws": 1, "z_draw_mode": "groups", "repulsion": 0.0}
+    assert report.step_ratio(base, METHODS, OPTIONS) == 1.0
+    assert report.step_ratio({**base, "z_draws": 4}, METHODS, OPTIONS) == 1.1
+    assert report.step_ratio({**base, "z_draws": 2, "z_draw_mode": "mixture"}, METHODS,
+                             OPTIONS) == 2.0
+    assert report.step_ratio({"method": "bbb"}, METHODS, OPTIONS) == 1.1
+    assert report.step_ratio({"method": "ensemble"}, METHODS, OPTIONS) == 1.0
+
+
+def test_main_writes_table_json_and_plot(tmp_path):
+    results, speed = tmp_path / "results", tmp_path / "speed"
+    results.mkdir()
+    speed.mkdir()
+    (speed / "method_steps.json").write_text(json.dumps({"over_map": METHODS}))
+    (speed / "hypernet_options_steps.json").write_text(json.dumps({"over_map": OPTIONS}))
+    for name, r in {"map-s0": result("map-s0", "map", 0.26, 0.84),
+                    "ensemble-s0": result("ensemble-s0", "ensemble", 0.2, 0.6, members=4)
+                    }.items():
+        (results / f"{name}.json").write_text(json.dumps(r))
+    report.main(["--results", str(results), "--speed", str(speed)])
+    table = (results / "cost.md").read_text()
+    assert "| MAP | 40 | 1 | 1.00 | 26.00 |" in table and "Not finished yet: map-s1" in table
+    assert json.loads((results / "cost.json").read_text())["MAP"]["cost"] == 1.0
+    assert (results / "cost.png").read_bytes()[:4] == b"\x89PNG"
