@@ -14,6 +14,9 @@ from typing import IO, Any
 
 import numpy as np
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: the mode a plain open() would give a new file is 0o666 & ~umask
+
 
 def check_output_file(path: Path | str, what: str = "output") -> Path:
     """``path`` if a file can be written there (its folder exists and is writable, and it is
@@ -60,9 +63,11 @@ def remove_stale_temp_files(path: Path | str) -> None:
 def write_atomic_path(path: Path | str, write: Callable[[Path], Any]) -> None:
     """Write ``path`` atomically: ``write(tmp)`` writes a temp file in the same folder (for
     writers that take a file name, such as netCDF), which is fsynced and renamed over
-    ``path``; earlier writes' stale temp files are removed first."""
+    ``path``; earlier writes' stale temp files are removed first. The file gets the mode of the
+    one it replaces, else that of a plain new file (not the temp file's private 0600)."""
     path = Path(path)
     remove_stale_temp_files(path)
+    mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_UMASK
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
@@ -70,6 +75,7 @@ def write_atomic_path(path: Path | str, write: Callable[[Path], Any]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

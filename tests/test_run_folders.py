@@ -186,6 +186,22 @@ def test_json_outputs_are_strict_and_atomic(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_atomic_outputs_get_a_plain_files_mode_or_keep_the_replaced_ones(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    new = tmp_path / "new.json"
+    write_json(new, {"a": 1})
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    kept = tmp_path / "kept.json"
+    kept.write_text("{}")
+    kept.chmod(0o640)
+    write_json(kept, {"b": 2})
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and json.loads(kept.read_text()) == {"b": 2}
+
+
 def test_a_killed_analyze_keeps_the_earlier_good_posterior(finished, tmp_path, monkeypatch):
     import arviz as az
 
