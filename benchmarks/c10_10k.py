@@ -32,7 +32,7 @@ from runner import driver_arguments, run_and_evaluate  # noqa: E402
 from pyro_implicit.inference import TrainConfig  # noqa: E402
 from pyro_implicit.inference.ensemble import MEMBERS, member_config  # noqa: E402
 from pyro_implicit.inference.methods import MC_DROPOUT_RATE, METHODS  # noqa: E402
-from pyro_implicit.inference.recipes import C10_10K, HYPERNET  # noqa: E402
+from pyro_implicit.inference.recipes import BEST_HYPERNET, C10_10K, HYPERNET  # noqa: E402
 from pyro_implicit.inference.runs import CONFIG, is_finished  # noqa: E402
 
 SAMPLES = (1, 2, 4, 8, 16)
@@ -70,6 +70,8 @@ RUNS: dict[str, tuple[dict, dict[str, dict]]] = {
     "laplace-s0": (dict(method="laplace"), {"": {}}),
     "hypernet-normal-s1": (_hypernet(seed=1), {"": {}}),
     "hypernet-normal-s2": (_hypernet(seed=2), {"": {}}),
+    # the best configuration of the c10-10k-screen (recipe c10-10k-best, train's default)
+    **{f"hypernet-best-s{m}": ({**BEST_HYPERNET, "seed": m}, {"": {}}) for m in range(3)},
     # does training longer let the N(0,1) noise be fitted? (the paper trains 800 epochs)
     "map-e120-s0": (dict(method="map", epochs=120), {"": {}}),
     "hypernet-normal-e120-s0": (dict(_hypernet(), epochs=120), {"": {}}),

@@ -20,7 +20,7 @@ from .evaluate import BN_BATCHES, evaluate, evaluate_run, format_table, parse_sa
 from .methods import METHODS
 from .options import OPTION_GROUPS, add_option_flags, non_negative_int, positive_int
 from .outputs import check_output_file, write_json
-from .recipes import HYPERNET, describe_recipes, resolve_config
+from .recipes import HYPERNET, PRIOR_NAMES, describe_recipes, resolve_config
 from .runs import TrainingInterrupted
 from .train import fit
 
@@ -197,9 +197,11 @@ def demo_runs() -> list[tuple[str, str, dict]]:
     pinned) and ``train --method hypernet``'s defaults, the best configuration found
     (docs/results.md), left out while those are the paper's."""
     best = {"method": "hypernet"}
-    runs = [("MAP", "map", {"method": "map"}), ("paper hypernet", "hypernet-paper", HYPERNET)]
+    runs = [("MAP", "map", {"method": "map"}),
+            (f"paper hypernet {PRIOR_NAMES[HYPERNET['prior']]}", "hypernet-paper", HYPERNET)]
     if TrainConfig(**best) != TrainConfig(**HYPERNET):
-        runs.append(("best hypernet", "hypernet-best", best))
+        prior = PRIOR_NAMES[TrainConfig(**best).prior]
+        runs.append((f"best hypernet {prior}", "hypernet-best", best))
     return runs
 
 

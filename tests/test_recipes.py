@@ -152,8 +152,31 @@ def test_paper_hypernets_pin_every_knob_whatever_trains_defaults():
             continue
         assert knobs <= set(recipe.overrides), (name, knobs - set(recipe.overrides))
         c = recipe.config()
-        assert (c.z_loc, c.z_scale, c.z_draws, c.z_hold, c.z_warmup, c.theta_lr_scale) == (
-            0.0, 1.0, 1, 0, 0, 1.0), name
+        assert (c.z_loc, c.z_scale, c.z_draws, c.z_hold, c.z_warmup, c.theta_lr_scale,
+                c.repulsion) == (0.0, 1.0, 1, 0, 0, 1.0, 0.0), name
+
+
+def test_trains_hypernet_defaults_are_the_best_recipe_and_its_c10_10k_seeds():
+    """c10-10k-best, the c10-10k driver's hypernet-best-s* and train --method hypernet's
+    defaults are one configuration; the paper's reference differs from it."""
+    import sys
+    from pathlib import Path
+
+    from pyro_implicit.inference.recipes import BEST_HYPERNET, HYPERNET
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import c10_10k
+
+    knobs = [f.name for f in dataclasses.fields(HypernetOptions)]
+    default = TrainConfig(method="hypernet")
+    best = get_recipe("c10-10k-best").config()
+    assert [getattr(best, k) for k in knobs] == [getattr(default, k) for k in knobs] == [
+        BEST_HYPERNET[k] for k in knobs]
+    assert TrainConfig(**HYPERNET) != default
+    for m in range(3):
+        c = c10_10k.config_for(f"hypernet-best-s{m}", "digits")
+        assert [getattr(c, k) for k in knobs] == [BEST_HYPERNET[k] for k in knobs]
+        assert (c.seed, c.epochs, c.method) == (m, 40, "hypernet")
 
 
 # --- overrides -------------------------------------------------------------------------------
