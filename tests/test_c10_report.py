@@ -24,10 +24,10 @@ FAST = ["--bn-batches", "4", "--weight-draws", "30", "--pairs", "10"]
 def runs(tmp_path_factory) -> Path:
     """Tiny stand-ins for three c10-10k runs, under their driver names."""
     root = tmp_path_factory.mktemp("runs")
-    for name, method in (("hypernet-normal-s0", "hypernet"), ("map-s0", "map"),
-                         ("ensemble-s0", "ensemble")):
+    for name, changes in (("hypernet-normal-s0", {"method": "hypernet", "prior": "normal"}),
+                          ("map-s0", {"method": "map"}), ("ensemble-s0", {"method": "ensemble"})):
         pyro.clear_param_store()
-        fit(TrainConfig(**TINY, method=method), root / name, progress=False)
+        fit(TrainConfig(**TINY, **changes), root / name, progress=False)
     return root
 
 
