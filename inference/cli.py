@@ -196,12 +196,12 @@ def demo_runs() -> list[tuple[str, str, dict]]:
     """The demo's (label, folder, TrainConfig changes): MAP, the paper's hypernet (every knob
     pinned) and ``train --method hypernet``'s defaults, the best configuration found
     (docs/results.md), left out while those are the paper's."""
-    best = {"method": "hypernet"}
+    best = TrainConfig(method="hypernet")
     runs = [("MAP", "map", {"method": "map"}),
             (f"paper hypernet {PRIOR_NAMES[HYPERNET['prior']]}", "hypernet-paper", HYPERNET)]
-    if TrainConfig(**best) != TrainConfig(**HYPERNET):
-        prior = PRIOR_NAMES[TrainConfig(**best).prior]
-        runs.append((f"best hypernet {prior}", "hypernet-best", best))
+    if best != TrainConfig(**HYPERNET):
+        runs.append((f"best hypernet {PRIOR_NAMES[best.prior]}", "hypernet-best",
+                     {"method": "hypernet"}))
     return runs
 
 
