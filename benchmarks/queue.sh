@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Every long run the open work needs, in priority order, each resumable: rerun this after a
 # restart and it continues where it stopped (finished runs are skipped, a killed one resumes).
-#   1. c10-10k-screen: the candidates without a result (interrupted ones first);
-#   2. the baselines' c10-10k rows: map-s0's folder (laplace is fitted to it), swag, the fixed
-#      bayes-hypernet, then the best hypernet's 3 seeds (once the screening has named it:
-#      hypernet-best-s*), laplace and map-s3;
-#   3. the uncertainty evaluation: the run folders it needs, then one evaluation per run;
-#   4. the 120-epoch MAP / N(0,1) / U(0,1) runs, then the screening's extra MAP seeds (they
+#   1. the c10-10k-screen candidates interrupted at the last stop;
+#   2. the best hypernet's 3 seeds (hypernet-best-s*, the configuration the screening named);
+#   3. the baselines' c10-10k rows: map-s0's folder (laplace is fitted to it), swag, the fixed
+#      bayes-hypernet, laplace and map-s3;
+#   4. the other screening candidates (those left cost more than the 1.2x MAP the goal allows);
+#   5. the uncertainty evaluation: the run folders it needs, then one evaluation per run;
+#   6. the 120-epoch MAP / N(0,1) / U(0,1) runs, then the screening's extra MAP seeds (they
 #      only calibrate its "gap closed");
-#   5. the reports.
+#   7. the reports.
 # A pool of WORKERS processes of one thread each takes the jobs in order: a 2-core machine does
 # more runs per hour that way than one 2-thread run at a time. WORKERS=1 runs them one by one.
 set -euo pipefail
@@ -49,33 +50,34 @@ pool() {
 }
 
 # the screening runs without a result yet, in the driver's order (references, then the
-# candidates by promise), those interrupted at the last stop first; EXTRA: the MAP seeds 1-3
+# candidates by promise): $1 = started (those with a run folder: interrupted at the last stop),
+# fresh (the others) or extra (the MAP seeds 1-3)
 pending_screen() {
-    local name started=() rest=()
+    local name
     for name in $("$PY" benchmarks/c10_10k_screen.py --list); do
         [ -e "$SCREEN_RESULTS/$name.json" ] && continue
         if [[ $name == map-s* ]]; then
-            [ "${1:-}" = extra ] && echo "$name"
-            continue
+            [ "$1" = extra ] && echo "$name"
+        elif [ -d "runs/c10-10k-screen/$name" ]; then
+            [ "$1" = started ] && echo "$name"
+        else
+            [ "$1" = fresh ] && echo "$name"
         fi
-        [ "${1:-}" = extra ] && continue
-        if [ -d "runs/c10-10k-screen/$name" ]; then started+=("$name"); else rest+=("$name"); fi
     done
-    for name in "${started[@]}" "${rest[@]}"; do echo "$name"; done
 }
 
 # every job, in priority order
 all_jobs() {
     local name c10=benchmarks/c10_10k.py unc=benchmarks/c10_10k_uncertainty.py
-    for name in $(pending_screen); do echo "benchmarks/c10_10k_screen.py $name"; done
+    for name in $(pending_screen started); do echo "benchmarks/c10_10k_screen.py $name"; done
+    for name in $("$PY" "$c10" --list | grep '^hypernet-best-s' || true); do echo "$c10 $name"; done
     echo "$unc map-s0 --train-only"
     echo "$c10 swag-s0"
     echo "$c10 bayes-hypernet-s0"
-    for name in $("$PY" "$c10" --list | grep '^hypernet-best-s' || true); do echo "$c10 $name"; done
     echo "$c10 laplace-s0"
     echo "$c10 map-s3"
-    for name in map-s1 map-s2 mc-dropout-s0 bbb-s0 hypernet-normal-s0 hypernet-uniform01-s0 \
-        ensemble-s0; do
+    for name in $(pending_screen fresh); do echo "benchmarks/c10_10k_screen.py $name"; done
+    for name in map-s1 map-s2 mc-dropout-s0 bbb-s0 hypernet-normal-s0 ensemble-s0; do
         echo "$unc $name --train-only"
     done
     for name in $("$PY" "$unc" --list); do echo "$unc $name --no-train"; done

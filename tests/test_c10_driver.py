@@ -109,3 +109,13 @@ def test_uncertainty_driver_trains_what_is_missing_sources_first(tmp_path, monke
     assert (tmp_path / "map-s0" / "checkpoint.pt").is_file()  # its source, trained first
     assert load_run(tmp_path / "laplace-s0").config.from_run == str(tmp_path / "map-s0")
     assert not uncertainty.ensure_trained("hypernet-best-s0", tmp_path, "digits")
+
+
+def test_uncertainty_runs_name_each_configuration_once():
+    import c10_10k_uncertainty as uncertainty
+
+    names = uncertainty.RUNS
+    configs = [driver.config_for(name, "digits") for name in names]
+    twins = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))
+             if configs[i] == configs[j]]
+    assert not twins  # each pair would be trained and evaluated twice
