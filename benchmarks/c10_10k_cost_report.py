@@ -5,7 +5,9 @@ Training cost is counted in MAP training runs of 40 epochs: epochs / 40 x member
 cost over a MAP step, as measured in one interleaved run (``benchmarks/method_steps.py``; its
 ``--hypernet-options`` run for the hypernet's options). Wall times recorded by the runs
 themselves are not used: the runs shared the cores with other work. Gap closed: MAP (the mean
-of its seeds at 40 epochs) = 0, the ensemble of 4 = 1, in x16 error and NLL.
+of its seeds at 40 epochs) = 0, the ensemble of 4 = 1, in x16 error and NLL. Deep-ensemble
+equivalent (DEE): the number of averaged MAP members whose NLL the run's matches, on the
+ensemble run's own curve (N = 1, 2, 4 members; 3 interpolated between 2 and 4).
 
 Writes ``RESULTS/cost.md`` (the table) and ``RESULTS/cost.png`` (test error and NLL against
 training cost; the 40- and 120-epoch runs of a method joined, which answers whether longer
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pyro_implicit.inference.outputs import write_atomic, write_json, write_text
+from pyro_implicit.uncertainty import deep_ensemble_equivalent
 
 EPOCHS = 40  # the protocol's: one MAP training run
 LONGER = ", 120 epochs"  # the label suffix of a group's longer runs
@@ -65,6 +68,14 @@ def best_n(result: dict) -> str:
     return str(max(int(n) for n in result["samples"]))
 
 
+def member_curve(ensemble: dict) -> list[float]:
+    """NLL of 1..4 averaged members from the ensemble run's N = 1, 2, 4 (member N draws the
+    members cyclically, so N <= 4 averages the first N); 3 members linearly between 2 and 4,
+    which is what DEE's linear interpolation between 2 and 4 would give."""
+    nll = {int(n): s["nll"] for n, s in ensemble["samples"].items()}
+    return [nll[1], nll[2], (nll[2] + nll[4]) / 2, nll[4]]
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
@@ -86,10 +97,12 @@ def summarise(results: dict[str, dict], methods: dict, options: dict) -> dict[st
             row[key] = mean_std([r["samples"][n or best_n(r)][metric] for r in done])
         rows[label] = row
     if MAP in rows and ENSEMBLE in rows:
+        curve = member_curve(results[rows[ENSEMBLE]["runs"][0]])
         for row in rows.values():
             row["gap_closed"] = {k: (rows[MAP][k][0] - row[k][0])
                                  / (rows[MAP][k][0] - rows[ENSEMBLE][k][0])
                                  for k in ("error", "nll")}
+            row["deep_ensemble_equivalent"] = deep_ensemble_equivalent(row["nll"][0], curve)
     return rows
 
 
@@ -103,16 +116,18 @@ def _cell(value: tuple[float, float | None], digits: int, percent: bool = False)
 def make_table(rows: dict[str, dict], missing: list[str]) -> str:
     lines = ["# c10-10k: accuracy against training cost", "",
              "| run | epochs | seeds | cost (MAP runs) | x1 err % | best-N err % | NLL | ECE | "
-             "gap closed err / NLL |", "|---|---|---|---|---|---|---|---|---|"]
+             "gap closed err / NLL | DEE |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in rows.items():
         gap = r.get("gap_closed")
         lines.append("| " + " | ".join([
             label, str(r["epochs"]), str(len(r["runs"])), f"{r['cost']:.2f}",
             _cell(r["x1_error"], 2, True), _cell(r["error"], 2, True), _cell(r["nll"], 3),
-            _cell(r["ece"], 3), f"{gap['error']:.2f} / {gap['nll']:.2f}" if gap else "—"]) + " |")
+            _cell(r["ece"], 3), f"{gap['error']:.2f} / {gap['nll']:.2f}" if gap else "—",
+            f"{r['deep_ensemble_equivalent']:.2f}" if gap else "—"]) + " |")
     lines += ["", "best N: 16 draws for the hypernets, the 4 members for the ensemble, 1 for MAP. "
               "Cost: epochs / 40 x members x step cost over MAP's (measured in one interleaved "
-              "run, benchmarks/results/speed/). Test set, mean ± std over seeds."]
+              "run, benchmarks/results/speed/). Test set, mean ± std over seeds. DEE: averaged MAP "
+              "members of equal NLL (the ensemble run's 1, 2, 4; 3 interpolated), 1 to 4."]
     if missing:
         lines.append(f"Not finished yet: {', '.join(missing)}.")
     return "\n".join(lines) + "\n"

@@ -16,8 +16,10 @@ OPTIONS = {"map": 1.0, "hypernet": 1.0, "hypernet --z-draws 4": 1.1,
            "hypernet --prior uniform01 --repulsion 1": 1.01}
 
 
-def result(name, method, error, nll, epochs=40, **config):
-    samples = {n: {"error": error, "nll": nll, "ece": 0.05} for n in ("1", "4", "16")}
+def result(name, method, error, nll, epochs=40, curve=None, **config):
+    curve = curve or {}
+    samples = {n: {"error": error, "nll": curve.get(n, nll), "ece": 0.05}
+               for n in ("1", "2", "4", "16")}
     return {"name": name, "samples": samples,
             "config": {"method": method, "epochs": epochs, "z_draws": 1,
                        "z_draw_mode": "groups", "repulsion": 0.0, **config}}
@@ -27,7 +29,8 @@ def test_cost_seeds_and_gap_closed():
     results = {
         "map-s0": result("map-s0", "map", 0.26, 0.84),
         "map-s1": result("map-s1", "map", 0.24, 0.80),
-        "ensemble-s0": result("ensemble-s0", "ensemble", 0.20, 0.60, members=4),
+        "ensemble-s0": result("ensemble-s0", "ensemble", 0.20, 0.60, members=4,
+                              curve={"1": 0.82, "2": 0.70}),
         "hypernet-uniform01-e120-s0": result("hypernet-uniform01-e120-s0", "hypernet", 0.23,
                                              0.72, epochs=120),
         "hypernet-best-s0": result("hypernet-best-s0", "hypernet", 0.22, 0.71, repulsion=1.0),
@@ -43,6 +46,13 @@ def test_cost_seeds_and_gap_closed():
     assert rows["best hypernet"]["gap_closed"]["error"] == pytest.approx(0.6)
     assert rows["best hypernet"]["gap_closed"]["nll"] == pytest.approx(0.11 / 0.22)
     assert rows["ensemble of 4 MAP"]["gap_closed"] == {"error": 1.0, "nll": 1.0}
+    # DEE on the ensemble's curve 0.82, 0.70, (0.65), 0.60: 0.71 lies between 1 and 2 members,
+    # 0.72 too; MAP's 0.82 is one member and the ensemble's own NLL is 4
+    dee = {label: row["deep_ensemble_equivalent"] for label, row in rows.items()}
+    assert dee["best hypernet"] == pytest.approx(1 + 0.11 / 0.12)
+    assert dee["paper hypernet U(0,1), 120 epochs"] == pytest.approx(1 + 0.10 / 0.12)
+    assert dee["MAP"] == 1.0 and dee["ensemble of 4 MAP"] == 4.0
+    assert report.member_curve(results["ensemble-s0"])[2] == pytest.approx(0.65)
 
 
 def test_step_ratio_of_each_option():
