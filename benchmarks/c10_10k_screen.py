@@ -61,6 +61,10 @@ RUNS: dict[str, dict] = {
     # a noise schedule: one network for 2 epochs, p(z) opened over the next 4
     "hypernet-normal-hold2-warmup4": _h(z_hold=2, z_warmup=4),
     "hypernet-uniform01-draws4": _h("uniform01", z_draws=4),
+    # the accurate prior moved toward the diverse symmetric one: U(-c, 1 - c) (c = 1/2 is
+    # U(-1,1) at half the scale)
+    "hypernet-uniform01-loc-0.1": _h("uniform01", z_loc=-0.1),
+    "hypernet-uniform01-loc-0.25": _h("uniform01", z_loc=-0.25),
     # a diversity-aware objective: the mixture likelihood of 2 draws (2x the step)
     "hypernet-normal-mixture2": _h(z_draws=2, z_draw_mode="mixture"),
     # the 4-member MAP ensemble of the same protocol (map is member 0): gap-closed reference
