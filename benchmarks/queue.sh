@@ -64,6 +64,7 @@ pending_screen() {
             [ "$1" = fresh ] && echo "$name"
         fi
     done
+    return 0
 }
 
 # every job, in priority order

@@ -97,7 +97,8 @@ def test_the_queue_runs_every_screening_run_without_a_result(tmp_path):
                               ).stdout.split()
 
     candidates = [n for n in names if n not in done and not n.startswith("map-s")]
-    assert pending() == [interrupted] + [n for n in candidates if n != interrupted]
+    assert pending("started") == [interrupted]
+    assert pending("fresh") == [n for n in candidates if n != interrupted]
     assert pending("extra") == [n for n in names if n.startswith("map-s")] == \
         ["map-s1", "map-s2", "map-s3"]
 
