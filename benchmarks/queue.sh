@@ -18,18 +18,20 @@ PY=${PY:-.venv/bin/python}
 WORKERS=${WORKERS:-2}
 THREADS=$((WORKERS > 1 ? 1 : 2))
 SCREEN_RESULTS=benchmarks/results/c10-10k-screen
-DRIVERS="benchmarks/c10_10k[a-z_]*[.]py"
+DRIVERS=${DRIVERS:-"benchmarks/c10_10k[a-z_]*[.]py"}
+POLL=${POLL:-60}  # seconds between looks for a free core
 
 # run each job ("DRIVER NAME [FLAG ...]": $PY DRIVER --only NAME FLAG ...) once, on $WORKERS
 # processes that each take the next job not taken yet, so no core waits for another's last run.
 # A job whose run some other process already has (left over from an earlier queue) is skipped,
-# and no job starts while $WORKERS drivers are running.
+# no job starts while $WORKERS drivers are running, and a job that fails is reported and the
+# worker goes on to the next.
 pool() {
     local claims pids=() w
     claims=$(mktemp -d)
     for ((w = 0; w < WORKERS; w++)); do
         (
-            local i=0 job driver name
+            local i=0 job driver name pid
             for job in "$@"; do
                 i=$((i + 1))
                 mkdir "$claims/$i" 2>/dev/null || continue
@@ -38,11 +40,19 @@ pool() {
                     echo "queue: $name ($driver) is already running elsewhere; skipped"
                     continue
                 fi
-                while [ "$(pgrep -fc -- "$DRIVERS" || true)" -ge "$WORKERS" ]; do sleep 60; done
+                # one worker at a time waits for a free core and starts its driver (holding
+                # the lock until the driver shows), so two never take the same core
+                flock 9
+                while [ "$(pgrep -fc -- "$DRIVERS" || true)" -ge "$WORKERS" ]; do sleep "$POLL"; done
                 # shellcheck disable=SC2086  # flags are words
-                OMP_NUM_THREADS=$THREADS nice -n 10 "$PY" "$driver" --only "$name" $flags
+                OMP_NUM_THREADS=$THREADS nice -n 10 "$PY" "$driver" --only "$name" $flags 9>&- &
+                pid=$!
+                until tr '\0' ' ' < "/proc/$pid/cmdline" 2> /dev/null | grep -qF -- "$driver" \
+                    || ! kill -0 "$pid" 2> /dev/null; do sleep 0.1; done
+                flock -u 9
+                wait "$pid" || echo "queue: $name ($driver) failed with exit status $?"
             done
-        ) &
+        ) 9> "$claims/start" &
         pids+=($!)
     done
     for w in "${pids[@]}"; do wait "$w"; done

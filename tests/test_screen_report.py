@@ -115,3 +115,64 @@ def test_the_queue_pool_runs_each_job_once_over_its_workers(tmp_path):
                         "DRIVERS": "no-such-driver-runs"}, check=True, cwd=tmp_path)
     assert sorted((tmp_path / "done").read_text().splitlines()) == [
         f"{name} --flag" for name in "abcde"]
+
+
+def test_the_queue_pool_never_runs_more_drivers_than_workers(tmp_path):
+    """Two drivers left from an earlier queue hold both cores; when one ends, exactly one
+    waiting worker may start (two that both saw the free core would make three)."""
+    import subprocess
+    import time
+
+    live, log = tmp_path / "live", tmp_path / "log"
+    live.mkdir()
+    driver = tmp_path / "fake_c10_driver.py"
+    driver.write_text(
+        "import pathlib, sys, time\n"
+        f"live, log = pathlib.Path({str(live)!r}), pathlib.Path({str(log)!r})\n"
+        "me = live / sys.argv[2]\n"
+        "me.write_text(str(time.monotonic_ns()))\n"
+        "most = 0\n"
+        "while me.read_text() != 'release':\n"  # the most drivers seen alive at once
+        "    most = max(most, len(list(live.iterdir())))\n"
+        "    time.sleep(0.02)\n"
+        "with log.open('a') as f:\n"
+        "    f.write(f'{sys.argv[2]} {most}\\n')\n"
+        "me.unlink()\n")
+
+    def wait_for(condition) -> None:  # an event, however long it takes
+        while not condition():
+            time.sleep(0.02)
+
+    started = {}
+
+    def running() -> list[str]:  # live drivers, oldest first
+        for path in live.iterdir():
+            text = path.read_text() if path.exists() else ""
+            if text.isdigit():
+                started.setdefault(path.name, int(text))
+        return sorted((n for n in started if (live / n).exists()), key=started.get)
+
+    left = [subprocess.Popen([sys.executable, str(driver), "--only", n]) for n in ("x1", "x2")]
+    wait_for(lambda: len(running()) == 2)
+    jobs = " ".join(f"'{driver} {name}'" for name in "cde")
+    script = tmp_path / "queue.sh"  # not bash -c: its command line would name the driver
+    script.write_text(f"set -euo pipefail\n{_queue_function('pool')}\npool {jobs}\n")
+    pool = subprocess.Popen(
+        ["bash", str(script)],
+        env={**os.environ, "PY": sys.executable, "WORKERS": "2", "THREADS": "1",
+             "DRIVERS": "fake_c10_driver[.]py", "POLL": "1"}, cwd=tmp_path)
+    while pool.poll() is None or running():
+        # both cores taken (or the pool done), and time for a second worker to look too: a
+        # third driver would be seen by the live ones (a slow machine can only hide one)
+        wait_for(lambda: len(running()) >= 2 or set("cde") <= set(started)
+                 or pool.poll() is not None)
+        time.sleep(3)
+        names = running()
+        if names:
+            (live / names[0]).write_text("release")  # the oldest ends; wait until it has
+            wait_for(lambda: not (live / names[0]).exists())
+    for p in left:
+        p.wait()
+    ended = dict(line.split() for line in log.read_text().splitlines())
+    assert sorted(ended) == ["c", "d", "e", "x1", "x2"] and pool.returncode == 0
+    assert max(int(n) for n in ended.values()) == 2, ended
