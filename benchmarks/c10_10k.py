@@ -70,6 +70,9 @@ RUNS: dict[str, tuple[dict, dict[str, dict]]] = {
     "laplace-s0": (dict(method="laplace"), {"": {}}),
     "hypernet-normal-s1": (_hypernet(seed=1), {"": {}}),
     "hypernet-normal-s2": (_hypernet(seed=2), {"": {}}),
+    # the runner-up of the c10-10k-screen (the paper's U(0,1)): its 3 seeds too
+    "hypernet-uniform01-s1": (_hypernet("uniform01", seed=1), {"": {}}),
+    "hypernet-uniform01-s2": (_hypernet("uniform01", seed=2), {"": {}}),
     # the best configuration of the c10-10k-screen (recipe c10-10k-best, train's default)
     **{f"hypernet-best-s{m}": ({**BEST_HYPERNET, "seed": m}, {"": {}}) for m in range(3)},
     # does training longer let the N(0,1) noise be fitted? (the paper trains 800 epochs)

@@ -44,10 +44,8 @@ from pyro_implicit.inference.outputs import write_json  # noqa: E402
 from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
 from pyro_implicit.inference.runs import RunLocked, is_finished, load_run  # noqa: E402
 
-# the hypernets: the paper's N(0,1) and the best one (today the paper's U(0,1), so
-# hypernet-uniform01-s0 would be the same configuration trained and evaluated twice)
 RUNS = ("map-s0", "ensemble-s0", "mc-dropout-s0", "bbb-s0", "swag-s0", "laplace-s0",
-        "bayes-hypernet-s0", "hypernet-normal-s0", "hypernet-best-s0")
+        "bayes-hypernet-s0", "hypernet-normal-s0", "hypernet-uniform01-s0", "hypernet-best-s0")
 DEE_MEMBERS = ("map-s0", "map-s1", "map-s2", "map-s3")
 SAMPLES = (1, 4, 16)
 BN_BATCHES = 50

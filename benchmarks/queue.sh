@@ -2,7 +2,8 @@
 # Every long run the open work needs, in priority order, each resumable: rerun this after a
 # restart and it continues where it stopped (finished runs are skipped, a killed one resumes).
 #   1. the c10-10k-screen candidates interrupted at the last stop;
-#   2. the best hypernet's 3 seeds (hypernet-best-s*, the configuration the screening named);
+#   2. the best hypernet's 3 seeds (hypernet-best-s*, the configuration the screening named),
+#      then the runner-up's (the paper's U(0,1): seeds 1 and 2);
 #   3. the other screening candidates;
 #   4. the baselines' c10-10k rows: map-s0's folder (laplace is fitted to it), swag, the fixed
 #      bayes-hypernet, laplace and map-s3;
@@ -82,13 +83,15 @@ all_jobs() {
     local name c10=benchmarks/c10_10k.py unc=benchmarks/c10_10k_uncertainty.py
     for name in $(pending_screen started); do echo "benchmarks/c10_10k_screen.py $name"; done
     for name in $("$PY" "$c10" --list | grep '^hypernet-best-s' || true); do echo "$c10 $name"; done
+    for name in hypernet-uniform01-s1 hypernet-uniform01-s2; do echo "$c10 $name"; done
     for name in $(pending_screen fresh); do echo "benchmarks/c10_10k_screen.py $name"; done
     echo "$unc map-s0 --train-only"
     echo "$c10 swag-s0"
     echo "$c10 bayes-hypernet-s0"
     echo "$c10 laplace-s0"
     echo "$c10 map-s3"
-    for name in map-s1 map-s2 mc-dropout-s0 bbb-s0 hypernet-normal-s0 ensemble-s0; do
+    for name in map-s1 map-s2 mc-dropout-s0 bbb-s0 hypernet-normal-s0 hypernet-uniform01-s0 \
+        ensemble-s0; do
         echo "$unc $name --train-only"
     done
     for name in $("$PY" "$unc" --list); do echo "$unc $name --no-train"; done

@@ -200,7 +200,8 @@ def demo_runs() -> list[tuple[str, str, dict]]:
     runs = [("MAP", "map", {"method": "map"}),
             (f"paper hypernet {PRIOR_NAMES[HYPERNET['prior']]}", "hypernet-paper", HYPERNET)]
     if best != TrainConfig(**HYPERNET):
-        runs.append((f"best hypernet {PRIOR_NAMES[best.prior]}", "hypernet-best",
+        draws = f", {best.z_draws} z per step" if best.z_draws > 1 else ""
+        runs.append((f"best hypernet {PRIOR_NAMES[best.prior]}{draws}", "hypernet-best",
                      {"method": "hypernet"}))
     return runs
 

@@ -179,7 +179,8 @@ class ImplicitMAP(GaussianPrior):
 
     ``draws=K`` draws K z per step. ``mode="groups"`` splits the mini-batch into K groups, each
     run through the kernels of its own draw: the same conv FLOPs, the z-part of the gradient
-    averaged over K draws. ``mode="mixture"`` runs the whole batch through every draw and
+    averaged over K draws (a batch of fewer than K images, such as an epoch's last, one group
+    per image). ``mode="mixture"`` runs the whole batch through every draw and
     scores the mixture, -log (1/K) sum_k p(y | x, w_k): an objective that rewards draws for
     being right where the others are wrong, at K times the cost of a step.
 
@@ -249,11 +250,11 @@ class ImplicitMAP(GaussianPrior):
         return loss + prior + self.repulsion * similarity, logits
 
     def _groups(self, model, guide, x: torch.Tensor, *rest: torch.Tensor, **kwargs):
-        """Mean log-likelihood per datum over K groups of the batch, one z draw each."""
-        if x.shape[0] < self.draws:
-            raise ValueError(f"a batch of {x.shape[0]} cannot be split into {self.draws} z groups")
+        """Mean log-likelihood per datum over K groups of the batch (at most one per image), one
+        z draw each."""
+        groups = min(self.draws, x.shape[0])
         terms, logits = 0.0, []
-        for part in zip(*(t.tensor_split(self.draws) for t in (x, *rest)), strict=True):
+        for part in zip(*(t.tensor_split(groups) for t in (x, *rest)), strict=True):
             _, model_trace = self.traces(model, guide, *part, **kwargs)
             log_lik, num_data = data_log_likelihood(model_trace)
             terms = terms + log_lik / num_data * (part[0].shape[0] / x.shape[0])
