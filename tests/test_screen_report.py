@@ -169,8 +169,9 @@ def test_the_queue_pool_never_runs_more_drivers_than_workers(tmp_path):
         time.sleep(3)
         names = running()
         if names:
-            (live / names[0]).write_text("release")  # the oldest ends; wait until it has
-            wait_for(lambda: not (live / names[0]).exists())
+            oldest = live / names[0]
+            oldest.write_text("release")  # it ends; wait until it has
+            wait_for(lambda oldest=oldest: not oldest.exists())
     for p in left:
         p.wait()
     ended = dict(line.split() for line in log.read_text().splitlines())
