@@ -43,6 +43,7 @@ from pyro_implicit import eval_mode, freeze_posterior
 from pyro_implicit.hypernet import release_grads
 from pyro_implicit.inference import TrainConfig
 from pyro_implicit.inference.methods import build
+from pyro_implicit.inference.recipes import HYPERNET
 from pyro_implicit.inference.train import make_loss, make_optimizer, train_step
 from pyro_implicit.posterior import sample_logits
 
@@ -57,9 +58,9 @@ class Variant:
 
     def __init__(self, kind: str, net: str, device: str, batch: int, channels_last: bool,
                  changes: dict | None = None, num_data: int = 50_000):
-        method = "map" if kind == "plain" else "hypernet"
-        self.config = TrainConfig(**{"model": net, "method": method, "device": device,
-                                     **(changes or {})})
+        # the paper's hypernet step (one z per mini-batch), whatever train's defaults
+        base = {"method": "map"} if kind == "plain" else HYPERNET
+        self.config = TrainConfig(**{**base, "model": net, "device": device, **(changes or {})})
         torch.manual_seed(0)
         self.model, self.guide = build(self.config, 10, 3, num_data)
         self.model.to(device).train()

@@ -80,3 +80,20 @@ def test_main_writes_table_json_and_plot(tmp_path):
     assert "| MAP | 40 | 1 | 1.00 | 26.00 |" in table and "Not finished yet: map-s1" in table
     assert json.loads((results / "cost.json").read_text())["MAP"]["cost"] == 1.0
     assert (results / "cost.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_step_ratios_time_what_the_cost_report_names():
+    """"hypernet" in the step-cost runs is the paper's one-z step whatever train's defaults,
+    so step_ratio's keys keep their meaning when the defaults move."""
+    import method_steps
+    import speed
+
+    from pyro_implicit.inference import TrainConfig
+
+    options = {k: TrainConfig(**v) for k, v in method_steps.HYPERNET_OPTIONS.items()}
+    assert options["hypernet"].z_draws == 1 and options["hypernet --z-draws 4"].z_draws == 4
+    assert options["hypernet --z-draws 2 --z-draw-mode mixture"].z_draw_mode == "mixture"
+    assert TrainConfig(**method_steps.METHODS["hypernet"]).z_draws == 1
+    variant = speed.Variant("hypernet", "wrn-10-1", "cpu", 4, False, num_data=8)
+    assert (variant.config.method, variant.config.z_draws) == ("hypernet", 1)
+    assert speed.Variant("plain", "wrn-10-1", "cpu", 4, False, num_data=8).config.method == "map"
