@@ -69,7 +69,7 @@ LIMITS = {"epochs": 100_000, "batch_size": 1 << 16, "z_dim": 1024, "h_dim": 1024
 # Knobs added after runs of CONFIG_FORMAT 1 were written, with the value that reproduces a run
 # written before them (its config.json and checkpoint lack the key), so that their defaults may
 # move on; every other missing key takes its default, which is the old behaviour
-ADDED_LATER = {"flow_scale_bound": 0.0, "flow_grad_norm": 0.0, "repulsion": 0.0}
+ADDED_LATER = {"flow_scale_bound": 0.0, "flow_grad_norm": 0.0, "repulsion": 0.0, "z_draws": 1}
 
 
 def complete_saved(raw: dict) -> dict:

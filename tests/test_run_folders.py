@@ -347,5 +347,7 @@ def test_runs_written_before_a_knob_existed_resume_with_their_old_behaviour(tmp_
     save_checkpoint(state, out / "checkpoint.pt")
     run = fit(None, out, resume=True, progress=False)
     assert run.config.flow_scale_bound == 0.0 and run.config.flow_grad_norm == 0.0
+    assert run.config.z_draws == 1  # one z per step, as before --z-draws existed
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
     assert TrainConfig().flow_scale_bound == 2.0  # new runs get the new default
+    assert TrainConfig().z_draws == 4
