@@ -25,7 +25,6 @@ Usage: python benchmarks/c10_10k_report.py [--results benchmarks/results/c10-10k
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -64,8 +63,9 @@ from pyro_implicit.inference.analyze import (  # noqa: E402
     load_runs,
     summarize,
 )
+from pyro_implicit.inference.config import complete_saved  # noqa: E402
 from pyro_implicit.inference.evaluate import X1_DRAWS  # noqa: E402
-from pyro_implicit.inference.recipes import PRIOR_NAMES  # noqa: E402
+from pyro_implicit.inference.recipes import PRIOR_NAMES, hypernet_label  # noqa: E402
 from pyro_implicit.inference.runs import CONFIG, Run  # noqa: E402
 
 SEED = 0  # as evaluate: the analyses' first draws are the evaluation's draws
@@ -125,11 +125,10 @@ def run_status(folder: Path) -> str:
 
 def method_label(result: dict) -> str:
     """What a result is, from its config: e.g. "hypernet block-wise N(0,1), parallelizing"."""
-    c = {**dataclasses.asdict(TrainConfig()), "method": result.get("method"),
-         **result.get("config", {})}
+    c = complete_saved({"method": result.get("method"), **result.get("config", {})})
     method = c["method"]
     if method == "hypernet":
-        label = f"hypernet {c['strategy']} {PRIOR_NAMES.get(c['prior'], c['prior'])}"
+        label = f"hypernet {c['strategy']} {hypernet_label(TrainConfig(**c))}"
     elif method == "ensemble":
         label = f"ensemble of {c['members']} {METHOD_LABELS.get(c['member_method'], '?')}"
     elif method == "bbb" and c["local_reparam"]:

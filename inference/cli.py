@@ -20,7 +20,7 @@ from .evaluate import BN_BATCHES, evaluate, evaluate_run, format_table, parse_sa
 from .methods import METHODS
 from .options import OPTION_GROUPS, add_option_flags, non_negative_int, positive_int
 from .outputs import check_output_file, write_json
-from .recipes import HYPERNET, PRIOR_NAMES, describe_recipes, resolve_config
+from .recipes import HYPERNET, describe_recipes, hypernet_label, resolve_config
 from .runs import TrainingInterrupted
 from .train import fit
 
@@ -196,12 +196,11 @@ def demo_runs() -> list[tuple[str, str, dict]]:
     """The demo's (label, folder, TrainConfig changes): MAP, the paper's hypernet (every knob
     pinned) and ``train --method hypernet``'s defaults, the best configuration found
     (docs/results.md), left out while those are the paper's."""
-    best = TrainConfig(method="hypernet")
+    best, paper = TrainConfig(method="hypernet"), TrainConfig(**HYPERNET)
     runs = [("MAP", "map", {"method": "map"}),
-            (f"paper hypernet {PRIOR_NAMES[HYPERNET['prior']]}", "hypernet-paper", HYPERNET)]
-    if best != TrainConfig(**HYPERNET):
-        draws = f", {best.z_draws} z per step" if best.z_draws > 1 else ""
-        runs.append((f"best hypernet {PRIOR_NAMES[best.prior]}{draws}", "hypernet-best",
+            (f"paper hypernet {hypernet_label(paper)}", "hypernet-paper", HYPERNET)]
+    if best != paper:
+        runs.append((f"best hypernet {hypernet_label(best)}", "hypernet-best",
                      {"method": "hypernet"}))
     return runs
 

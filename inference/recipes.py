@@ -90,6 +90,15 @@ BEST_HYPERNET = {**HYPERNET, "prior": "uniform01", "z_draws": 4}
 PRIOR_NAMES = {"normal": "N(0,1)", "uniform": "U(-1,1)", "uniform01": "U(0,1)",
                "halfnormal": "|N(0,1)|"}
 
+
+def hypernet_label(config: TrainConfig) -> str:
+    """How tables name a hypernet's p(z) and draws per step, e.g. "U(0,1), 4 z per step"."""
+    label = PRIOR_NAMES.get(config.prior, config.prior)
+    if config.z_draws > 1:
+        mixture = " (mixture)" if config.z_draw_mode == "mixture" else ""
+        label += f", {config.z_draws} z per step{mixture}"
+    return label
+
 # (base name, source, setting, {suffix: (source, description, hypernet changes)}, baselines)
 # Baselines: suffix -> (source, description, changes); each becomes "<base>-<suffix>".
 _MAP = ("MAP baseline", "the plain network, weight decay on every parameter (MAP)",

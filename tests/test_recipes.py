@@ -24,7 +24,7 @@ from pyro_implicit.inference.data import load_data
 from pyro_implicit.inference.folders import FolderData, ImageFiles, train_batches, uint8_batches
 from pyro_implicit.inference.methods import build
 from pyro_implicit.inference.options import HypernetOptions
-from pyro_implicit.inference.recipes import RECIPES, SMOKE_MODELS, get_recipe
+from pyro_implicit.inference.recipes import RECIPES, SMOKE_MODELS, get_recipe, hypernet_label
 from pyro_implicit.inference.train import fit, make_loss, make_optimizer, train_step
 
 
@@ -177,6 +177,13 @@ def test_trains_hypernet_defaults_are_the_best_recipe_and_its_c10_10k_seeds():
         c = c10_10k.config_for(f"hypernet-best-s{m}", "digits")
         assert [getattr(c, k) for k in knobs] == [BEST_HYPERNET[k] for k in knobs]
         assert (c.seed, c.epochs, c.method) == (m, 40, "hypernet")
+
+
+def test_hypernet_labels_name_the_prior_and_the_draws_per_step():
+    assert hypernet_label(TrainConfig(method="hypernet", prior="normal", z_draws=1)) == "N(0,1)"
+    assert hypernet_label(TrainConfig(method="hypernet")) == "U(0,1), 4 z per step"
+    assert hypernet_label(TrainConfig(method="hypernet", z_draws=2, z_draw_mode="mixture")
+                          ) == "U(0,1), 2 z per step (mixture)"
 
 
 # --- overrides -------------------------------------------------------------------------------
