@@ -194,7 +194,8 @@ def test_demo_adds_the_best_hypernet_where_the_defaults_leave_the_papers(monkeyp
     assert labels == ["MAP", "paper hypernet N(0,1)", "best hypernet U(0,1), 4 z per step"]
     monkeypatch.setitem(cli.HYPERNET, "prior", "uniform01")  # as if train's were the paper's
     monkeypatch.setitem(cli.HYPERNET, "z_draws", 4)
-    assert [label for label, _, _ in cli.demo_runs()] == ["MAP", "paper hypernet U(0,1)"]
+    assert [label for label, _, _ in cli.demo_runs()] == ["MAP",
+                                                          "paper hypernet U(0,1), 4 z per step"]
 
 
 def test_missing_cifar10_explains_the_options(tmp_path, capsys):
