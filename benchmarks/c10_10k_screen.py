@@ -65,6 +65,11 @@ RUNS: dict[str, dict] = {
     # U(-1,1) at half the scale)
     "hypernet-uniform01-loc-0.1": _h("uniform01", z_loc=-0.1),
     "hypernet-uniform01-loc-0.25": _h("uniform01", z_loc=-0.25),
+    # the control of the draws' groups: 4 BatchNorm groups of 32 images (ghost BN, Hoffer et
+    # al. 2017) under one draw, and for MAP; they tell the smaller BatchNorm batches from the
+    # 4 draws
+    "map-bn-groups4": dict(method="map", bn_groups=4),
+    "hypernet-uniform01-bn-groups4": _h("uniform01", bn_groups=4),
     # a diversity-aware objective: the mixture likelihood of 2 draws (2x the step)
     "hypernet-normal-mixture2": _h(z_draws=2, z_draw_mode="mixture"),
     # the 4-member MAP ensemble of the same protocol (map is member 0): gap-closed reference

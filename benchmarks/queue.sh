@@ -3,7 +3,8 @@
 # restart and it continues where it stopped (finished runs are skipped, a killed one resumes).
 #   1. the c10-10k-screen candidates interrupted at the last stop;
 #   2. the best hypernet's 3 seeds (hypernet-best-s*, the configuration the screening named),
-#      then the runner-up's (the paper's U(0,1): seeds 1 and 2);
+#      the BatchNorm-groups controls of its 4 groups (screening runs *-bn-groups*) before the
+#      third seed, then the runner-up's (the paper's U(0,1): seeds 1 and 2);
 #   3. the other screening candidates;
 #   4. the baselines' c10-10k rows: map-s0's folder (laplace is fitted to it), swag, the fixed
 #      bayes-hypernet, laplace and map-s3;
@@ -82,9 +83,16 @@ pending_screen() {
 all_jobs() {
     local name c10=benchmarks/c10_10k.py unc=benchmarks/c10_10k_uncertainty.py
     for name in $(pending_screen started); do echo "benchmarks/c10_10k_screen.py $name"; done
-    for name in $("$PY" "$c10" --list | grep '^hypernet-best-s' || true); do echo "$c10 $name"; done
+    local best=($("$PY" "$c10" --list | grep '^hypernet-best-s' || true))
+    for name in "${best[@]:0:2}"; do echo "$c10 $name"; done
+    for name in $(pending_screen fresh | grep -- '-bn-groups' || true); do
+        echo "benchmarks/c10_10k_screen.py $name"
+    done
+    for name in "${best[@]:2}"; do echo "$c10 $name"; done
     for name in hypernet-uniform01-s1 hypernet-uniform01-s2; do echo "$c10 $name"; done
-    for name in $(pending_screen fresh); do echo "benchmarks/c10_10k_screen.py $name"; done
+    for name in $(pending_screen fresh | grep -v -- '-bn-groups' || true); do
+        echo "benchmarks/c10_10k_screen.py $name"
+    done
     echo "$unc map-s0 --train-only"
     echo "$c10 swag-s0"
     echo "$c10 bayes-hypernet-s0"

@@ -58,6 +58,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="class-balanced subset: the first K/C training items of each class")
     p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs)
     p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
+    p.add_argument("--bn-groups", type=positive_int, default=DEFAULTS.bn_groups, metavar="G",
+                   help="ghost BatchNorm: the batch runs in G groups while training, each with "
+                        "its own statistics (default 1; with --z-draws K: 1 or a multiple of K)")
     p.add_argument("--lr", type=float, default=DEFAULTS.lr)
     p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay,
                    help="Gaussian prior on theta and non-generated parameters (0 = MLE)")

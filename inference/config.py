@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyro_implicit.models.registry import resolve_model
+from pyro_implicit.objective import ImplicitMAP
 
 from .data import check_data_spec
-from .methods import METHODS, check_method
+from .methods import METHODS, Method, check_method
 from .options import OPTION_GROUPS
 from .outputs import write_json
 
@@ -62,8 +63,8 @@ def check_precision(device: str, precision: str) -> str:
 # Upper bounds of sizes, far above any real run, so that a typo fails in one line instead of in
 # the allocator (theta holds h_dim numbers per generated weight; the paper uses z, h in 4..128)
 LIMITS = {"epochs": 100_000, "batch_size": 1 << 16, "z_dim": 1024, "h_dim": 1024,
-          "members": 1024, "z_draws": 1024, "flow_layers": 64, "flow_hidden": 1 << 14,
-          "swag_rank": 1024}
+          "members": 1024, "z_draws": 1024, "bn_groups": 1024, "flow_layers": 64,
+          "flow_hidden": 1 << 14, "swag_rank": 1024}
 
 
 # Knobs added after runs of CONFIG_FORMAT 1 were written, with the value that reproduces a run
@@ -117,6 +118,18 @@ def check_types(config: object) -> None:
             raise ValueError(f"{name} must be {wanted}, got {value!r}")
 
 
+def _check_bn_groups(config: TrainConfig, method: Method) -> None:
+    """``bn_groups`` > 1 splits the batch of the MAP objective (:class:`ImplicitMAP`, which
+    checks it against the z draws); the other methods do not read it."""
+    loss = None if method.post_hoc else method.loss(config, 0)
+    if not isinstance(loss, ImplicitMAP):
+        plain = dataclasses.replace(config, bn_groups=1)
+        readers = ", ".join(name for name, m in METHODS.items()
+                            if not m.post_hoc and isinstance(m.loss(plain, 0), ImplicitMAP))
+        raise ValueError(f"bn_groups {config.bn_groups}: {config.method} does not train by "
+                         f"the MAP objective whose batch it splits; it is read by {readers}")
+
+
 @dataclass
 class TrainConfig(*OPTION_GROUPS):  # every method's knobs (see .options), flat
     """A training run. Defaults follow the paper's recipe (WideResNet's CIFAR schedule); each
@@ -131,6 +144,7 @@ class TrainConfig(*OPTION_GROUPS):  # every method's knobs (see .options), flat
     train_subset: int | None = None
     epochs: int = 40
     batch_size: int = 128
+    bn_groups: int = 1  # ghost BatchNorm: statistics over batch_size / bn_groups images
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
@@ -181,6 +195,8 @@ class TrainConfig(*OPTION_GROUPS):  # every method's knobs (see .options), flat
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError(
                 f"milestones are fractions of the epochs in (0, 1), got {self.milestones}")
+        if self.bn_groups > 1:
+            _check_bn_groups(self, method)
         if method.check is not None:
             method.check(self)
         if self.from_run is not None and method.post_hoc is None:

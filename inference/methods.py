@@ -41,12 +41,12 @@ MC_DROPOUT_RATE = 0.3  # mc-dropout's --drop-rate unless given
 
 
 def _implicit_map(config: TrainConfig, epoch: int) -> ImplicitMAP:
-    return ImplicitMAP(config.weight_decay)
+    return ImplicitMAP(config.weight_decay, bn_groups=config.bn_groups)
 
 
 def _hypernet_loss(config: TrainConfig, epoch: int) -> ImplicitMAP:
     return ImplicitMAP(config.weight_decay, draws=config.z_draws, mode=config.z_draw_mode,
-                       repulsion=config.repulsion)
+                       repulsion=config.repulsion, bn_groups=config.bn_groups)
 
 
 def z_spread(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
@@ -63,7 +63,7 @@ def z_spread(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
 
 
 def _mle(config: TrainConfig, epoch: int) -> ImplicitMAP:
-    return ImplicitMAP(0.0)
+    return ImplicitMAP(0.0, bn_groups=config.bn_groups)
 
 
 def kl_weight(config: TrainConfig, epoch: int) -> float:

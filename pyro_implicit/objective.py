@@ -184,6 +184,14 @@ class ImplicitMAP(GaussianPrior):
     scores the mixture, -log (1/K) sum_k p(y | x, w_k): an objective that rewards draws for
     being right where the others are wrong, at K times the cost of a step.
 
+    ``bn_groups=G`` runs the batch as G groups (each datum in one, one z draw for all of them
+    with ``draws=1``) so that BatchNorm computes its statistics over B/G images: ghost batch
+    normalisation (Hoffer et al. 2017), the control that tells the regularisation of ``groups``'
+    smaller BatchNorm batches from the effect of its K draws. With ``mode="groups"`` and
+    ``draws=K`` the K groups already have their own statistics: G is then 1 or a multiple of K,
+    G/K consecutive groups sharing a draw; with ``mode="mixture"`` every draw runs the batch in
+    G groups.
+
     ``repulsion=beta`` adds beta x the mean over weight sites of cos^2(w, w'), w the step's
     generated weights and w' those of a fresh draw z' (no gradient through w': by symmetry the
     expected gradient is that of the full term at beta / 2), a subspace-diversity term after
@@ -193,7 +201,8 @@ class ImplicitMAP(GaussianPrior):
     """
 
     def __init__(self, weight_decay: float = 5e-4, decay_in_optimizer: bool = False,
-                 draws: int = 1, mode: str = "groups", repulsion: float = 0.0):
+                 draws: int = 1, mode: str = "groups", repulsion: float = 0.0,
+                 bn_groups: int = 1):
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if not isinstance(draws, int) or draws < 1:
@@ -202,21 +211,38 @@ class ImplicitMAP(GaussianPrior):
             raise ValueError(f"unknown draw mode {mode!r}; choose one of: {', '.join(DRAW_MODES)}")
         if not math.isfinite(repulsion) or repulsion < 0:
             raise ValueError(f"repulsion must be a finite number >= 0, got {repulsion!r}")
+        if not isinstance(bn_groups, int) or bn_groups < 1:
+            raise ValueError(f"bn_groups must be a positive integer, got {bn_groups!r}")
+        if mode == "groups" and draws > 1 and bn_groups > 1 and bn_groups % draws:
+            raise ValueError(f"bn_groups ({bn_groups}) must be 1 or a multiple of draws "
+                             f"({draws}): the {draws} groups of the draws already compute "
+                             "their own BatchNorm statistics")
         self.weight_decay = weight_decay
         self.decay_in_optimizer = decay_in_optimizer
         self.draws, self.mode, self.repulsion = draws, mode, float(repulsion)
+        self.bn_groups = bn_groups
         self._guide_traces: list = []
 
-    def traces(self, model, guide, *args, **kwargs):
-        """One guide draw (one z for the whole mini-batch) and the model replayed on it."""
+    def draw(self, model, guide, *args, **kwargs):
+        """One guide trace: one z (for every image the model is replayed on with it)."""
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         check_guide_values(model, guide_trace)
+        if self.repulsion:
+            self._guide_traces.append(guide_trace)
+        return guide_trace
+
+    @staticmethod
+    def replay(model, guide_trace, *args, **kwargs):
+        """The model's trace on the batch ``args``, its sample sites taken from ``guide_trace``."""
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs)
         check_sites_match(guide_trace, model_trace)
-        if self.repulsion:
-            self._guide_traces.append(guide_trace)
-        return guide_trace, model_trace
+        return model_trace
+
+    def traces(self, model, guide, *args, **kwargs):
+        """One guide draw (one z for the whole mini-batch) and the model replayed on it."""
+        guide_trace = self.draw(model, guide, *args, **kwargs)
+        return guide_trace, self.replay(model, guide_trace, *args, **kwargs)
 
     def loss_and_logits(self, model, guide, *args, likelihood_weight: float = 1.0,
                         **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,11 +257,7 @@ class ImplicitMAP(GaussianPrior):
         if self.repulsion:
             check_latent_guide(guide)
         self._guide_traces = []
-        if self.draws == 1:
-            _, model_trace = self.traces(model, guide, *args, **kwargs)
-            log_lik, num_data = data_log_likelihood(model_trace)
-            data_term, logits = log_lik / num_data, model_trace.nodes["logits"]["value"]
-        elif self.mode == "groups":
+        if self.draws == 1 or self.mode == "groups":
             data_term, logits = self._groups(model, guide, *args, **kwargs)
         else:
             data_term, logits = self._mixture(model, guide, *args, **kwargs)
@@ -250,27 +272,36 @@ class ImplicitMAP(GaussianPrior):
         return loss + prior + self.repulsion * similarity, logits
 
     def _groups(self, model, guide, x: torch.Tensor, *rest: torch.Tensor, **kwargs):
-        """Mean log-likelihood per datum over K groups of the batch (at most one per image), one
-        z draw each."""
-        groups = min(self.draws, x.shape[0])
-        terms, logits = 0.0, []
-        for part in zip(*(t.tensor_split(groups) for t in (x, *rest)), strict=True):
-            _, model_trace = self.traces(model, guide, *part, **kwargs)
+        """Mean log-likelihood per datum over the batch's groups (K draws x G/K BatchNorm
+        groups, at most one per image), consecutive groups sharing a draw."""
+        groups = min(max(self.draws, self.bn_groups), x.shape[0])
+        terms, logits, guide_trace, drawn = 0.0, [], None, -1
+        for i, part in enumerate(zip(*(t.tensor_split(groups) for t in (x, *rest)),
+                                     strict=True)):
+            if i * self.draws // groups != drawn:
+                drawn, guide_trace = i * self.draws // groups, self.draw(model, guide, *part,
+                                                                         **kwargs)
+            model_trace = self.replay(model, guide_trace, *part, **kwargs)
             log_lik, num_data = data_log_likelihood(model_trace)
             terms = terms + log_lik / num_data * (part[0].shape[0] / x.shape[0])
             logits.append(model_trace.nodes["logits"]["value"])
         return terms, torch.cat(logits)
 
-    def _mixture(self, model, guide, *args, **kwargs):
-        """Mean per-datum log of the K draws' mixture likelihood (1/K) sum_k p(y | x, w_k)."""
-        per_draw, logits = [], 0.0
+    def _mixture(self, model, guide, x: torch.Tensor, *rest: torch.Tensor, **kwargs):
+        """Mean per-datum log of the K draws' mixture likelihood (1/K) sum_k p(y | x, w_k),
+        each draw running the batch in ``bn_groups`` groups."""
+        per_draw, probs = [], 0.0
+        parts = list(zip(*(t.tensor_split(min(self.bn_groups, x.shape[0])) for t in (x, *rest)),
+                         strict=True))
         for _ in range(self.draws):
-            _, model_trace = self.traces(model, guide, *args, **kwargs)
-            site = observed_site(model_trace)
-            per_draw.append(site["fn"].log_prob(site["value"]))
-            logits = logits + model_trace.nodes["logits"]["value"].softmax(-1) / self.draws
+            guide_trace = self.draw(model, guide, x, *rest, **kwargs)
+            traces = [self.replay(model, guide_trace, *part, **kwargs) for part in parts]
+            per_draw.append(torch.cat([observed_site(t)["fn"].log_prob(observed_site(t)["value"])
+                                       for t in traces]))
+            logits = torch.cat([t.nodes["logits"]["value"] for t in traces])
+            probs = probs + logits.softmax(-1) / self.draws
         mixture = torch.logsumexp(torch.stack(per_draw), 0) - math.log(self.draws)
-        return mixture.mean(), logits  # the averaged probabilities rank like logits
+        return mixture.mean(), probs  # the averaged probabilities rank like logits
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self.loss_and_logits(model, guide, *args, **kwargs)[0]
