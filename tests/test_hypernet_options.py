@@ -173,11 +173,13 @@ def test_repulsion_gradient_turns_the_draws_apart():
     assert before > 0.7 and mean_cos2() < before - 0.2
 
 
-def test_repulsion_steps_fused_as_unfused():
-    """The term's gradient reaches theta through the step's one kernel generation, so the
-    fused SGD update stays on and makes the unfused step."""
+@pytest.mark.parametrize("changes", [dict(repulsion=2.0), dict(bn_groups=4)])
+def test_one_draw_options_step_fused_as_unfused(changes):
+    """The repulsion term's gradient, and every BatchNorm group's (ghost BN), reach theta
+    through the step's one kernel generation, so the fused SGD update stays on and makes the
+    unfused step."""
     config = TrainConfig(model="wrn-10-1", z_dim=4, h_dim=6, prior="uniform01", z_draws=1,
-                         repulsion=2.0).validate()  # one draw: the fused step's case
+                         **changes).validate()  # one draw: the fused step's case
     x, y = tiny_batch(16)
     after = []
     for fuse in (True, False):
