@@ -61,6 +61,7 @@ RUNS: dict[str, dict] = {
     # a noise schedule: one network for 2 epochs, p(z) opened over the next 4
     "hypernet-normal-hold2-warmup4": _h(z_hold=2, z_warmup=4),
     "hypernet-uniform01-draws4": _h("uniform01", z_draws=4),
+    "hypernet-uniform01-draws8": _h("uniform01", z_draws=8),  # 8 groups of 16
     # the accurate prior moved toward the diverse symmetric one: U(-c, 1 - c) (c = 1/2 is
     # U(-1,1) at half the scale)
     "hypernet-uniform01-loc-0.1": _h("uniform01", z_loc=-0.1),
