@@ -92,11 +92,14 @@ PRIOR_NAMES = {"normal": "N(0,1)", "uniform": "U(-1,1)", "uniform01": "U(0,1)",
 
 
 def hypernet_label(config: TrainConfig) -> str:
-    """How tables name a hypernet's p(z) and draws per step, e.g. "U(0,1), 4 z per step"."""
+    """How tables name a hypernet's p(z), draws per step and BatchNorm groups, e.g. "U(0,1),
+    4 z per step"."""
     label = PRIOR_NAMES.get(config.prior, config.prior)
     if config.z_draws > 1:
         mixture = " (mixture)" if config.z_draw_mode == "mixture" else ""
         label += f", {config.z_draws} z per step{mixture}"
+    if config.bn_groups > 1:
+        label += f", {config.bn_groups} BatchNorm groups"
     return label
 
 # (base name, source, setting, {suffix: (source, description, hypernet changes)}, baselines)

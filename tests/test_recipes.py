@@ -182,6 +182,8 @@ def test_trains_hypernet_defaults_are_the_best_recipe_and_its_c10_10k_seeds():
 def test_hypernet_labels_name_the_prior_and_the_draws_per_step():
     assert hypernet_label(TrainConfig(method="hypernet", prior="normal", z_draws=1)) == "N(0,1)"
     assert hypernet_label(TrainConfig(method="hypernet")) == "U(0,1), 4 z per step"
+    assert hypernet_label(TrainConfig(method="hypernet", z_draws=1, bn_groups=4)
+                          ) == "U(0,1), 4 BatchNorm groups"
     assert hypernet_label(TrainConfig(method="hypernet", z_draws=2, z_draw_mode="mixture")
                           ) == "U(0,1), 2 z per step (mixture)"
 
