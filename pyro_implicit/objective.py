@@ -173,6 +173,11 @@ class GaussianPrior:
 DRAW_MODES = ("groups", "mixture")
 
 
+def _split(groups: int, *tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """The batch ``tensors`` (images, labels) cut along the batch into ``groups`` parts."""
+    return list(zip(*(t.tensor_split(groups) for t in tensors), strict=True))
+
+
 class ImplicitMAP(GaussianPrior):
     """Callable Pyro loss ``loss(model, guide, *args, **kwargs) -> Tensor``, usable as
     ``SVI(model, guide, optim, loss=ImplicitMAP())``. ``weight_decay=0`` gives MLE.
@@ -276,11 +281,10 @@ class ImplicitMAP(GaussianPrior):
         groups, at most one per image), consecutive groups sharing a draw."""
         groups = min(max(self.draws, self.bn_groups), x.shape[0])
         terms, logits, guide_trace, drawn = 0.0, [], None, -1
-        for i, part in enumerate(zip(*(t.tensor_split(groups) for t in (x, *rest)),
-                                     strict=True)):
+        for i, part in enumerate(_split(groups, x, *rest)):
             if i * self.draws // groups != drawn:
-                drawn, guide_trace = i * self.draws // groups, self.draw(model, guide, *part,
-                                                                         **kwargs)
+                drawn = i * self.draws // groups
+                guide_trace = self.draw(model, guide, *part, **kwargs)
             model_trace = self.replay(model, guide_trace, *part, **kwargs)
             log_lik, num_data = data_log_likelihood(model_trace)
             terms = terms + log_lik / num_data * (part[0].shape[0] / x.shape[0])
@@ -291,13 +295,12 @@ class ImplicitMAP(GaussianPrior):
         """Mean per-datum log of the K draws' mixture likelihood (1/K) sum_k p(y | x, w_k),
         each draw running the batch in ``bn_groups`` groups."""
         per_draw, probs = [], 0.0
-        parts = list(zip(*(t.tensor_split(min(self.bn_groups, x.shape[0])) for t in (x, *rest)),
-                         strict=True))
+        parts = _split(min(self.bn_groups, x.shape[0]), x, *rest)
         for _ in range(self.draws):
             guide_trace = self.draw(model, guide, x, *rest, **kwargs)
             traces = [self.replay(model, guide_trace, *part, **kwargs) for part in parts]
-            per_draw.append(torch.cat([observed_site(t)["fn"].log_prob(observed_site(t)["value"])
-                                       for t in traces]))
+            sites = [observed_site(t) for t in traces]
+            per_draw.append(torch.cat([site["fn"].log_prob(site["value"]) for site in sites]))
             logits = torch.cat([t.nodes["logits"]["value"] for t in traces])
             probs = probs + logits.softmax(-1) / self.draws
         mixture = torch.logsumexp(torch.stack(per_draw), 0) - math.log(self.draws)
