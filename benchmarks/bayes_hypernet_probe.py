@@ -25,7 +25,7 @@ import torch
 from pyro_implicit.bayes_hypernet import SCALES
 from pyro_implicit.inference import TrainConfig, prepare
 from pyro_implicit.inference.distributed import SINGLE
-from pyro_implicit.inference.methods import METHODS, learning_rate
+from pyro_implicit.inference.methods import METHODS, learning_rate, validate
 from pyro_implicit.inference.recipes import C10_10K
 from pyro_implicit.inference.train import _Loop, make_loss, make_optimizer, train_step
 
@@ -122,9 +122,9 @@ def main() -> None:
                    default=Path("benchmarks/results/bayes_hypernet/probe.json"))
     args = p.parse_args()
     changes = dict(kv.split("=", 1) for kv in args.set)
-    config = TrainConfig(**{**C10_10K, "data": args.data, "method": "bayes-hypernet",
-                            "recipe": "c10-10k",
-                            **{k: _value(v) for k, v in changes.items()}}).validate()
+    config = validate(TrainConfig(**{**C10_10K, "data": args.data, "method": "bayes-hypernet",
+                                     "recipe": "c10-10k",
+                                     **{k: _value(v) for k, v in changes.items()}}))
     t0 = time.perf_counter()
     records = probe(config, args.steps)
     out = {"config": changes, "seconds": time.perf_counter() - t0, "steps": records}

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runner import driver_arguments, run_and_evaluate  # noqa: E402
 
-from pyro_implicit.inference import TrainConfig  # noqa: E402
+from pyro_implicit.inference import TrainConfig, validate  # noqa: E402
 from pyro_implicit.inference.data import imagefolder_holdout  # noqa: E402
 from pyro_implicit.inference.evaluate import evaluate  # noqa: E402
 from pyro_implicit.inference.recipes import C10_10K, HYPERNET  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> None:
     if names is None:
         return
     for name in names:
-        config_for(name, args.data).validate()  # every bad run refused before any work
+        validate(config_for(name, args.data))  # every bad run refused before any work
     evaluator = validation_evaluator(args.data, C10_10K["train_subset"])
     for name in names:
         run_and_evaluate(name, config_for(name, args.data), args.runs, args.results,

@@ -7,7 +7,7 @@ and ``python -m pyro_implicit.inference.cli`` do not import the command line twi
 from importlib import import_module
 
 _EXPORTS = {
-    "METHODS": "methods", "build": "methods", "TrainConfig": "config",
+    "METHODS": "methods", "build": "methods", "validate": "methods", "TrainConfig": "config",
     "evaluate": "evaluate", "evaluate_run": "evaluate",
     "fit": "train", "load_run": "runs", "prepare": "runs",
 }

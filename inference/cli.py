@@ -17,7 +17,7 @@ from .config import PRECISIONS, TrainConfig, default_device
 from .data import DATA_CHOICES
 from .distributed import teardown
 from .evaluate import BN_BATCHES, evaluate, evaluate_run, format_table, parse_samples
-from .methods import METHODS
+from .methods import METHODS, validate
 from .options import OPTION_GROUPS, add_option_flags, non_negative_int, positive_int
 from .outputs import check_output_file, write_json
 from .recipes import HYPERNET, describe_recipes, hypernet_label, resolve_config
@@ -121,7 +121,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     given explicitly."""
     flags = _flag_config(args)
     if args.recipe is None and not args.smoke:
-        return flags.validate()
+        return validate(flags)
     return resolve_config(flags, getattr(args, "explicit", set()), args.recipe, args.smoke)
 
 
@@ -220,8 +220,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pyro-implicit-demo-"))
     rows, seconds = {}, {}
     for label, folder, changes in runs:
-        config = TrainConfig(**{**changes, "model": args.model, "data": "digits",
-                                "epochs": args.epochs, "seed": args.seed}).validate()
+        config = validate(TrainConfig(**{**changes, "model": args.model, "data": "digits",
+                                         "epochs": args.epochs, "seed": args.seed}))
         t0 = time.perf_counter()
         print(f"training {label} ({config.model}, {config.epochs} epochs on digits) ...")
         run = fit(config, out / folder, progress=None)

@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyro_implicit.models.registry import resolve_model
-from pyro_implicit.objective import ImplicitMAP
 
 from .data import check_data_spec
-from .methods import METHODS, Method, check_method
 from .options import OPTION_GROUPS
 from .outputs import write_json
 
@@ -118,18 +116,6 @@ def check_types(config: object) -> None:
             raise ValueError(f"{name} must be {wanted}, got {value!r}")
 
 
-def _check_bn_groups(config: TrainConfig, method: Method) -> None:
-    """``bn_groups`` > 1 splits the batch of the MAP objective (:class:`ImplicitMAP`, which
-    checks it against the z draws); the other methods do not read it."""
-    loss = None if method.post_hoc else method.loss(config, 0)
-    if not isinstance(loss, ImplicitMAP):
-        plain = dataclasses.replace(config, bn_groups=1)
-        readers = ", ".join(name for name, m in METHODS.items()
-                            if not m.post_hoc and isinstance(m.loss(plain, 0), ImplicitMAP))
-        raise ValueError(f"bn_groups {config.bn_groups}: {config.method} does not train by "
-                         f"the MAP objective whose batch it splits; it is read by {readers}")
-
-
 @dataclass
 class TrainConfig(*OPTION_GROUPS):  # every method's knobs (see .options), flat
     """A training run. Defaults follow the paper's recipe (WideResNet's CIFAR schedule); each
@@ -162,11 +148,11 @@ class TrainConfig(*OPTION_GROUPS):  # every method's knobs (see .options), flat
     smoke: bool = False
     format: int = CONFIG_FORMAT
 
-    def validate(self) -> TrainConfig:
-        """Raise a ValueError naming the first bad value and the valid choices."""
+    def check(self) -> TrainConfig:
+        """Raise a ValueError naming the first bad value and the valid choices, of the knobs
+        alone; :func:`.methods.validate` checks the config whole, with what its method asks."""
         check_types(self)
         resolve_model(self.model)
-        method = METHODS[check_method(self.method)]
         for group in OPTION_GROUPS:
             group.check(self)
         check_data_spec(self.data)
@@ -195,14 +181,6 @@ class TrainConfig(*OPTION_GROUPS):  # every method's knobs (see .options), flat
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError(
                 f"milestones are fractions of the epochs in (0, 1), got {self.milestones}")
-        if self.bn_groups > 1:
-            _check_bn_groups(self, method)
-        if method.check is not None:
-            method.check(self)
-        if self.from_run is not None and method.post_hoc is None:
-            post_hoc = ", ".join(name for name, m in METHODS.items() if m.post_hoc)
-            raise ValueError(f"--from RUN is for the methods fitted post hoc ({post_hoc}); "
-                             f"{self.method} trains from scratch: drop --from")
         return self
 
     def lr_at(self, epoch: int) -> float:
@@ -216,8 +194,8 @@ class TrainConfig(*OPTION_GROUPS):  # every method's knobs (see .options), flat
 
     @classmethod
     def load(cls, path: Path, device: str | None = None) -> TrainConfig:
-        """The config saved at ``path``, validated; ``device`` replaces the saved device (a
-        GPU-trained run read on a CPU-only machine)."""
+        """The config saved at ``path``, its knobs checked (:meth:`check`); ``device`` replaces
+        the saved device (a GPU-trained run read on a CPU-only machine)."""
         try:
             raw = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
@@ -235,6 +213,6 @@ class TrainConfig(*OPTION_GROUPS):  # every method's knobs (see .options), flat
         if device is not None:
             raw["device"] = device
         try:
-            return cls(**complete_saved(raw)).validate()
+            return cls(**complete_saved(raw)).check()
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err

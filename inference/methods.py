@@ -3,14 +3,14 @@ its training objective, the knob groups it reads, and whether it trains as membe
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import torch
 from pyro.nn import PyroModule
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from pyro_implicit import BayesianNetwork, ImplicitGuide, ImplicitMAP, PointGuide
 from pyro_implicit.bayes_hypernet import ScaleFlow, WeightNormNetwork
@@ -22,7 +22,6 @@ from pyro_implicit.laplace import LastLayerLaplace, last_linear
 from pyro_implicit.models import create_model
 from pyro_implicit.swag import SWAGGuide
 
-from .folders import is_lazy, uint8_batches
 from .options import (
     BBBOptions,
     ELBOOptions,
@@ -35,7 +34,6 @@ from .options import (
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-    from .runs import Run
 
 MC_DROPOUT_RATE = 0.3  # mc-dropout's --drop-rate unless given
 
@@ -92,10 +90,11 @@ def _needs_dropout(config: TrainConfig) -> None:
 @dataclass(frozen=True)
 class PostHoc:
     """A method fitted to a finished run of method ``source`` instead of trained:
-    ``fit(source_run, new_run)`` fills the new run's model and guide."""
+    ``fit(net, model, guide, batches)`` fills the new run's model and guide from the source's
+    trained network ``net`` and its training set as normalised, unaugmented (x, y) batches."""
 
     source: str
-    fit: Callable[[Run, Run], None]
+    fit: Callable[[nn.Module, BayesianNetwork, PyroModule, DataLoader], None]
 
 
 @dataclass(frozen=True)
@@ -202,22 +201,12 @@ def _laplace(net, config: TrainConfig, num_data: int):
     return model, LastLayerLaplace(model, initial)
 
 
-def _labelled_batches(run: Run) -> DataLoader:
-    """The training set normalised, augmentation off, in its order, as (x, y) batches."""
-    data, size = run.data, run.config.batch_size
-    if is_lazy(data.train_x):
-        raise ValueError("laplace is fitted on in-memory data; imagenet:PATH is not supported")
-    x = torch.cat([run.normalizer(b) for b in uint8_batches(
-        data.train_x, range(0, len(data.train_y), size), size, run.config.workers)])
-    return DataLoader(TensorDataset(x, data.train_y.to(x.device)), batch_size=size)
-
-
-def _fit_laplace(source: Run, run: Run) -> None:
-    """The MAP network of ``source`` in ``run``'s model, its last layer's Laplace fitted."""
-    sites = {s.name for s in run.model.sites}
-    run.model.net.load_state_dict({k: v for k, v in source.model.net.state_dict().items()
-                                   if k not in sites})
-    run.guide.fit(source.model.net, _labelled_batches(source))
+def _fit_laplace(net: nn.Module, model: BayesianNetwork, guide: LastLayerLaplace,
+                 batches: DataLoader) -> None:
+    """The MAP network ``net`` in ``model``, its last layer's Laplace fitted on ``batches``."""
+    sites = {s.name for s in model.sites}
+    model.net.load_state_dict({k: v for k, v in net.state_dict().items() if k not in sites})
+    guide.fit(net, batches)
 
 
 METHODS: dict[str, Method] = {
@@ -260,6 +249,34 @@ def check_method(name: str) -> str:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     return name
+
+
+def _check_bn_groups(config: TrainConfig, method: Method) -> None:
+    """``bn_groups`` > 1 splits the batch of the MAP objective (:class:`ImplicitMAP`, which
+    checks it against the z draws); the other methods do not read it."""
+    loss = None if method.post_hoc else method.loss(config, 0)
+    if not isinstance(loss, ImplicitMAP):
+        plain = dataclasses.replace(config, bn_groups=1)
+        readers = ", ".join(name for name, m in METHODS.items()
+                            if not m.post_hoc and isinstance(m.loss(plain, 0), ImplicitMAP))
+        raise ValueError(f"bn_groups {config.bn_groups}: {config.method} does not train by "
+                         f"the MAP objective whose batch it splits; it is read by {readers}")
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """``config`` checked whole: its method's name, its knobs (:meth:`TrainConfig.check`), then
+    what the method asks of them; a ValueError names the first bad value and the choices."""
+    method = METHODS[check_method(config.method)]
+    config.check()
+    if config.bn_groups > 1:
+        _check_bn_groups(config, method)
+    if method.check is not None:
+        method.check(config)
+    if config.from_run is not None and method.post_hoc is None:
+        post_hoc = ", ".join(name for name, m in METHODS.items() if m.post_hoc)
+        raise ValueError(f"--from RUN is for the methods fitted post hoc ({post_hoc}); "
+                         f"{config.method} trains from scratch: drop --from")
+    return config
 
 
 def build(config: TrainConfig, num_classes: int, in_channels: int, num_data: int):

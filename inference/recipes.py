@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .config import TrainConfig
+from .methods import validate
 
 IMAGENET_DATA = "imagenet:PATH"  # a placeholder: the user names the folder with --data
 PAPER_ENSEMBLE = 16  # the paper's ensembles average 16 members
@@ -237,7 +238,7 @@ def resolve_config(flags: TrainConfig, explicit: set[str], recipe: str | None = 
             changes["train_subset"] = None
         config = dataclasses.replace(config, **changes)
     config = dataclasses.replace(config, **{k: getattr(flags, k) for k in explicit})
-    return config.validate()
+    return validate(config)
 
 
 def describe_recipes() -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.nn import PyroModule
+from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_implicit import BayesianNetwork, sync_param_store
 
@@ -29,9 +30,9 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig, complete_saved
 from .data import Normalizer, load_data
 from .distributed import convert_sync_batchnorm
-from .folders import uint8_batches
+from .folders import is_lazy, uint8_batches
 from .images import ImageData
-from .methods import build
+from .methods import build, validate
 from .outputs import write_json
 
 CONFIG, METRICS, CHECKPOINT, LOCK = "config.json", "metrics.json", "checkpoint.pt", ".lock"
@@ -125,6 +126,17 @@ class Run:
                                pin=cuda, order=order):
             yield self.normalizer(x)
 
+    def labelled_batches(self) -> DataLoader:
+        """The training set normalised, augmentation off, in its order, as (x, y) batches (what
+        a post-hoc method is fitted on); in-memory data only."""
+        data, size = self.data, self.config.batch_size
+        if is_lazy(data.train_x):
+            raise ValueError("a post-hoc method is fitted to in-memory data; "
+                             "imagenet:PATH is not supported")
+        x = torch.cat([self.normalizer(b) for b in uint8_batches(
+            data.train_x, range(0, len(data.train_y), size), size, self.config.workers)])
+        return DataLoader(TensorDataset(x, data.train_y.to(x.device)), batch_size=size)
+
     def own_param_store(self) -> None:
         """Point Pyro's global param store at this run's parameters: several runs in one
         process share it by parameter name, and the last one built would own it."""
@@ -141,7 +153,12 @@ def read_config(folder: Path | str, device: str | None = None) -> TrainConfig:
     clear error when ``folder`` is not a run."""
     if not is_run(folder):
         raise FileNotFoundError(f"{folder} is not a run folder (no {CONFIG})")
-    return TrainConfig.load(Path(folder) / CONFIG, device)
+    path = Path(folder) / CONFIG
+    config = TrainConfig.load(path, device)
+    try:
+        return validate(config)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
 
 
 def history(folder: Path | str) -> list[dict]:
@@ -201,7 +218,7 @@ def build_run(config: TrainConfig, data: ImageData | None = None) -> Run:
 
 def prepare(config: TrainConfig, data: ImageData | None = None) -> Run:
     """:func:`build_run` for a config from outside: validated first."""
-    return build_run(config.validate(), data)
+    return build_run(validate(config), data)
 
 
 def load_run(folder: Path | str, data: ImageData | None = None, device: str | None = None,

@@ -41,7 +41,7 @@ from .distributed import Dist, setup
 from .ensemble import fit_members
 from .folders import is_lazy, train_batches
 from .images import ImageData
-from .methods import METHODS, check_method, learning_rate, z_spread
+from .methods import METHODS, check_method, learning_rate, validate, z_spread
 from .outputs import check_output_folder, write_json
 from .runs import (
     CHECKPOINT,
@@ -195,7 +195,7 @@ def fit(config: TrainConfig | None, out: Path, resume: bool = False,
         config = read_config(out)
     else:
         check_new_run_folder(out, members=METHODS[check_method(config.method)].trains_members)
-        config = _with_data_source(config, data).validate()
+        config = validate(_with_data_source(config, data))
         check_output_folder(out, "--out")
     if METHODS[config.method].trains_members:  # an ensemble: one ordinary run per member
         with _writing(out, setup(config.device)):
@@ -241,11 +241,11 @@ def fit_post_hoc(config: TrainConfig, out: Path, data: ImageData | None = None) 
         held = "an unfinished" if source_config.method == post_hoc.source else "a"
         raise ValueError(f"--from {config.from_run} holds {held} {source_config.method} run; "
                          f"{config.method} is fitted to a finished {post_hoc.source} run")
-    config = dataclasses.replace(source_config, method=config.method,
-                                 from_run=str(source_dir)).validate()
+    config = validate(dataclasses.replace(source_config, method=config.method,
+                                          from_run=str(source_dir)))
     source = load_run(source_dir, data, config=source_config)
     run = build_run(config, source.data)
-    post_hoc.fit(source, run)
+    post_hoc.fit(source.model.net, run.model, run.guide, source.labelled_batches())
     done = history(source_dir)
     save_checkpoint({"format": config.format, "epoch": config.epochs, "step": 0, "history": done,
                      "model": run.model.state_dict(), "guide": run.guide.state_dict(),

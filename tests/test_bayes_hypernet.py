@@ -9,13 +9,13 @@ from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from conftest import tiny_batch
 from pyro_implicit.bayes_hypernet import BoundedCouplingNet
 from pyro_implicit.inference.config import TrainConfig
-from pyro_implicit.inference.methods import METHODS, build
+from pyro_implicit.inference.methods import METHODS, build, validate
 from pyro_implicit.inference.train import make_loss, make_optimizer, train_step
 
 
 def tiny(**knobs):
-    config = TrainConfig(method="bayes-hypernet", model="wrn-10-1", flow_layers=2,
-                         flow_hidden=8, **knobs).validate()
+    config = validate(TrainConfig(method="bayes-hypernet", model="wrn-10-1", flow_layers=2,
+                                  flow_hidden=8, **knobs))
     return config, *build(config, num_classes=5, in_channels=3, num_data=64)
 
 
@@ -94,4 +94,4 @@ def test_flow_gradients_are_limited_to_flow_grad_norm(max_norm):
                                          ("flow_grad_norm", -0.5)])
 def test_bad_flow_knobs_are_refused(knob, value):
     with pytest.raises(ValueError, match=knob):
-        TrainConfig(method="bayes-hypernet", **{knob: value}).validate()
+        validate(TrainConfig(method="bayes-hypernet", **{knob: value}))

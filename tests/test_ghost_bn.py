@@ -13,6 +13,7 @@ from conftest import tiny_batch, tiny_model
 from pyro_implicit import BayesianNetwork, ImplicitMAP, PointGuide
 from pyro_implicit.inference.cli import build_parser
 from pyro_implicit.inference.config import TrainConfig
+from pyro_implicit.inference.methods import validate
 from pyro_implicit.inference.train import make_loss
 from pyro_implicit.models import create_model
 
@@ -88,11 +89,11 @@ def test_bad_bn_groups_are_refused_in_one_line():
     with pytest.raises(ValueError, match="bn_groups must be a positive integer"):
         ImplicitMAP(0.0, bn_groups=0)
     with pytest.raises(ValueError, match="bbb does not train by the MAP objective.*map, mle"):
-        TrainConfig(method="bbb", bn_groups=2).validate()
+        validate(TrainConfig(method="bbb", bn_groups=2))
     with pytest.raises(ValueError, match=r"bn_groups must be an integer in 1\.\.1024"):
-        TrainConfig(method="map", bn_groups=0).validate()
+        validate(TrainConfig(method="map", bn_groups=0))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--bn-groups", "0"])
     args = build_parser().parse_args(["train", "--method", "map", "--bn-groups", "4"])
     assert args.bn_groups == 4 and TrainConfig().bn_groups == 1
-    assert make_loss(TrainConfig(method="map", bn_groups=4).validate()).bn_groups == 4
+    assert make_loss(validate(TrainConfig(method="map", bn_groups=4))).bn_groups == 4

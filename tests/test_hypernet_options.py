@@ -14,7 +14,7 @@ from pyro_implicit import HyperNetworks, ImplicitGuide, ImplicitMAP, PointGuide
 from pyro_implicit.inference.cli import main
 from pyro_implicit.inference.config import TrainConfig
 from pyro_implicit.inference.data import imagefolder_holdout
-from pyro_implicit.inference.methods import build, z_spread
+from pyro_implicit.inference.methods import build, validate, z_spread
 from pyro_implicit.inference.train import make_loss, make_optimizer, train_step
 from pyro_implicit.objective import weight_similarity
 from pyro_implicit.priors import PRIORS, prior_quantiles, z_prior
@@ -178,8 +178,8 @@ def test_one_draw_options_step_fused_as_unfused(changes):
     """The repulsion term's gradient, and every BatchNorm group's (ghost BN), reach theta
     through the step's one kernel generation, so the fused SGD update stays on and makes the
     unfused step."""
-    config = TrainConfig(model="wrn-10-1", z_dim=4, h_dim=6, prior="uniform01", z_draws=1,
-                         **changes).validate()  # one draw: the fused step's case
+    config = validate(TrainConfig(model="wrn-10-1", z_dim=4, h_dim=6, prior="uniform01", z_draws=1,
+                                  **changes))  # one draw: the fused step's case
     x, y = tiny_batch(16)
     after = []
     for fuse in (True, False):
@@ -202,7 +202,7 @@ def test_repulsion_needs_a_latent_and_is_refused_below_zero():
         with pytest.raises(ValueError, match="repulsion must be a finite number >= 0"):
             ImplicitMAP(repulsion=bad)
     with pytest.raises(ValueError, match="repulsion must be a finite number >= 0"):
-        TrainConfig(repulsion=-0.5).validate()
+        validate(TrainConfig(repulsion=-0.5))
 
 
 def test_draw_options_are_refused_with_one_line():
@@ -217,11 +217,11 @@ def test_draw_options_are_refused_with_one_line():
                          ({"z_draws": 0}, "z_draws must be"),
                          ({"theta_lr_scale": -1.0}, "theta_lr_scale must be")]:
         with pytest.raises(ValueError, match=match):
-            TrainConfig(**knobs).validate()
+            validate(TrainConfig(**knobs))
 
 
 def test_theta_lr_scale_puts_the_output_layers_in_their_own_group():
-    config = TrainConfig(model="wrn-10-1", z_dim=4, h_dim=6, theta_lr_scale=0.25).validate()
+    config = validate(TrainConfig(model="wrn-10-1", z_dim=4, h_dim=6, theta_lr_scale=0.25))
     model, guide = build(config, num_classes=5, in_channels=3, num_data=64)
     optimizer = make_optimizer(config, model, guide)
     scaled = [g for g in optimizer.param_groups if g["lr_scale"] != 1]
@@ -232,8 +232,8 @@ def test_theta_lr_scale_puts_the_output_layers_in_their_own_group():
     moves = {}
     for scale in (1.0, 0.25):
         pyro.set_rng_seed(0)
-        c = TrainConfig(model="wrn-10-1", z_dim=4, h_dim=6, theta_lr_scale=scale,
-                        momentum=0.0, weight_decay=0.0).validate()
+        c = validate(TrainConfig(model="wrn-10-1", z_dim=4, h_dim=6, theta_lr_scale=scale,
+                                 momentum=0.0, weight_decay=0.0))
         model, guide = build(c, num_classes=5, in_channels=3, num_data=64)
         opt = make_optimizer(c, model, guide)
         for group in opt.param_groups:
@@ -247,8 +247,8 @@ def test_theta_lr_scale_puts_the_output_layers_in_their_own_group():
 
 def test_several_draws_train_unfused_and_lower_the_loss():
     for mode in ("groups", "mixture"):
-        config = TrainConfig(model="wrn-10-1", z_dim=4, h_dim=6, z_draws=2,
-                             z_draw_mode=mode).validate()
+        config = validate(TrainConfig(model="wrn-10-1", z_dim=4, h_dim=6, z_draws=2,
+                                      z_draw_mode=mode))
         model, guide = build(config, num_classes=5, in_channels=3, num_data=64)
         optimizer = make_optimizer(config, model, guide)
         assert guide.hypernet.fused_sgd_group() is None  # backward runs once per draw

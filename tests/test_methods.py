@@ -29,7 +29,7 @@ from pyro_implicit.inference.checkpoint import load_checkpoint
 from pyro_implicit.inference.cli import main
 from pyro_implicit.inference.config import TrainConfig
 from pyro_implicit.inference.ensemble import member_config
-from pyro_implicit.inference.methods import METHODS, build, kl_weight
+from pyro_implicit.inference.methods import METHODS, build, kl_weight, validate
 from pyro_implicit.inference.train import make_loss, make_optimizer, train_step
 from pyro_implicit.models import create_model
 
@@ -43,7 +43,7 @@ def tiny(method: str, **knobs):
     """A validated tiny config of ``method`` and its (model, guide) for 5 classes, 64 data."""
     knobs = {"model": "wrn-10-1", "z_dim": 4, "h_dim": 6, "members": 2, "flow_layers": 2,
              "flow_hidden": 8, "drop_rate": 0.3 if method == "mc-dropout" else 0.0, **knobs}
-    config = TrainConfig(method=method, **knobs).validate()
+    config = validate(TrainConfig(method=method, **knobs))
     model, guide = build(config, num_classes=5, in_channels=3, num_data=64)
     return config, model, guide
 

@@ -1,5 +1,7 @@
 """The code's structure: no package imports itself round in a loop (no file imports a file that
-imports it back, directly or through others), lazy imports inside functions included."""
+imports it back, directly or through others), lazy imports inside functions and imports for
+annotations only (under ``if TYPE_CHECKING:``) included: a loop through types is a loop in the
+design."""
 
 import ast
 from pathlib import Path
@@ -12,25 +14,14 @@ PACKAGES = {"inference": "pyro_implicit.inference", "pyro_implicit": "pyro_impli
             "models": "pyro_implicit.models"}
 
 
-def _type_checking_only(node: ast.AST, parents: dict) -> bool:
-    while node in parents:
-        node = parents[node]
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            return True
-    return False
-
-
 def imports_of(path: Path, package: str) -> set[str]:
-    """Modules of ``package`` that the file ``path`` imports anywhere (functions included),
-    except under ``if TYPE_CHECKING:``; as dotted names relative to ``package``."""
+    """Modules of ``package`` that the file ``path`` imports anywhere (functions and
+    ``if TYPE_CHECKING:`` blocks included), as dotted names relative to ``package``."""
     tree = ast.parse(path.read_text())
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     own = path.relative_to(ROOT / next(k for k, v in PACKAGES.items() if v == package))
     here = ".".join(own.with_suffix("").parts[:-1])  # the file's subpackage
     found = set()
     for node in ast.walk(tree):
-        if _type_checking_only(node, parents):
-            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = here.split(".")[: len(here.split(".")) - node.level + 1] if here else []
@@ -107,7 +98,9 @@ def test_the_checker_sees_loops_lazy_imports_and_type_checking_blocks(tmp_path, 
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     monkeypatch.setitem(PACKAGES, "pkg", "pkg")
     graph = module_graph("pkg")
-    assert graph == {"a": {"b"}, "b": {"c"}, "c": set()}
-    assert find_cycle(graph) is None
+    assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
     (pkg / "c.py").write_text("def g():\n    from .a import z\n")
     assert find_cycle(module_graph("pkg")) == ["a", "b", "c", "a"]
+    (pkg / "c.py").write_text("import typing\n")
+    assert find_cycle(module_graph("pkg")) is None
