@@ -61,6 +61,11 @@ RUNS: dict[str, dict] = {
     # a noise schedule: one network for 2 epochs, p(z) opened over the next 4
     "hypernet-normal-hold2-warmup4": _h(z_hold=2, z_warmup=4),
     "hypernet-uniform01-draws4": _h("uniform01", z_draws=4),
+    # z on the unit cube's corners: positive like U(0,1), each draw a random half of the
+    # first layer's columns (cosine 1/2 between draws' z, U(0,1)'s 3/4); Wortsman et al.'s
+    # subspaces are most diverse at their vertices
+    "hypernet-bernoulli-draws4": _h("bernoulli", z_draws=4),
+    "hypernet-bernoulli": _h("bernoulli"),
     "hypernet-uniform01-draws8": _h("uniform01", z_draws=8),  # 8 groups of 16
     # the accurate prior moved toward the diverse symmetric one: U(-c, 1 - c) (c = 1/2 is
     # U(-1,1) at half the scale)

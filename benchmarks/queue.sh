@@ -7,7 +7,7 @@
 #      third seed;
 #   3. the baselines' c10-10k rows: map-s0's folder (laplace is fitted to it), swag, the fixed
 #      bayes-hypernet and laplace;
-#   4. the runner-up's seeds (the paper's U(0,1): 1 and 2), the other screening candidates,
+#   4. the other screening candidates, the runner-up's seeds (the paper's U(0,1): 1 and 2),
 #      map-s3;
 #   5. the uncertainty evaluation: the run folders it needs, then one evaluation per run;
 #   6. the 120-epoch MAP / N(0,1) / U(0,1) runs, then the screening's extra MAP seeds (they
@@ -94,10 +94,10 @@ all_jobs() {
     echo "$c10 swag-s0"
     echo "$c10 bayes-hypernet-s0"
     echo "$c10 laplace-s0"
-    for name in hypernet-uniform01-s1 hypernet-uniform01-s2; do echo "$c10 $name"; done
     for name in $(pending_screen fresh | grep -v -- '-bn-groups' || true); do
         echo "benchmarks/c10_10k_screen.py $name"
     done
+    for name in hypernet-uniform01-s1 hypernet-uniform01-s2; do echo "$c10 $name"; done
     echo "$c10 map-s3"
     for name in map-s1 map-s2 mc-dropout-s0 bbb-s0 hypernet-normal-s0 hypernet-uniform01-s0 \
         ensemble-s0; do

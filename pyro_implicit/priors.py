@@ -18,18 +18,30 @@ import torch
 
 PriorFactory = Callable[[torch.Tensor, torch.Tensor], dist.Distribution]
 
+
+class Corners(dist.Bernoulli):
+    """Bernoulli(1/2) on {0, 1} with a quantile function: z on the corners of the unit cube,
+    each draw switching on a random half of the hypernetworks' input columns (in the spirit of
+    Wortsman et al. (2021), whose subspaces are most diverse at their vertices)."""
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        return (value > 1 - self.probs).to(value.dtype)
+
+
 # Each factory takes (zero, one) tensors on the target device and returns a scalar distribution.
 PRIORS: dict[str, PriorFactory] = {
     "normal": lambda zero, one: dist.Normal(zero, one),
     "uniform": lambda zero, one: dist.Uniform(-one, one),
     "uniform01": lambda zero, one: dist.Uniform(zero, one),
     "halfnormal": lambda zero, one: dist.HalfNormal(one),
+    "bernoulli": lambda zero, one: Corners(probs=one / 2),
 }
 PRIOR_DESCRIPTIONS = {
     "normal": "N(0, 1)",
     "uniform": "U(-1, 1)",
     "uniform01": "U(0, 1)",
     "halfnormal": "|N(0, 1)|",
+    "bernoulli": "Bernoulli(1/2) on {0, 1}",
 }
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pyro_implicit import PRIORS, HyperNetworks, group_layers, z_prior
+from pyro_implicit.priors import prior_quantiles
 
 
 @pytest.mark.parametrize("name, low, high, mean, std", [
@@ -11,6 +12,7 @@ from pyro_implicit import PRIORS, HyperNetworks, group_layers, z_prior
     ("uniform", -1.0, 1.0, 0.0, 1 / math.sqrt(3)),
     ("uniform01", 0.0, 1.0, 0.5, 1 / math.sqrt(12)),
     ("halfnormal", 0.0, math.inf, math.sqrt(2 / math.pi), math.sqrt(1 - 2 / math.pi)),
+    ("bernoulli", 0.0, 1.0, 0.5, 0.5),
 ])
 def test_priors_have_the_documented_law(name, low, high, mean, std):
     d = z_prior(name, (200, 100))
@@ -19,6 +21,15 @@ def test_priors_have_the_documented_law(name, low, high, mean, std):
     assert z.min() >= low and z.max() <= high
     assert abs(z.mean().item() - mean) < 0.02
     assert abs(z.std().item() - std) < 0.02
+
+
+def test_bernoulli_draws_corners_of_the_cube_and_its_quantiles_split_at_one_half():
+    z = z_prior("bernoulli", (50, 16)).sample()
+    assert set(z.unique().tolist()) == {0.0, 1.0}
+    u = torch.tensor([0.01, 0.49, 0.51, 0.99], dtype=torch.float64)
+    assert prior_quantiles("bernoulli", u).tolist() == [0.0, 0.0, 1.0, 1.0]
+    moved = z_prior("bernoulli", (50, 16), loc=-0.25, scale=0.5).sample()
+    assert set(moved.unique().tolist()) == {-0.25, 0.25}
 
 
 def test_unknown_prior_lists_choices():

@@ -16,7 +16,7 @@ FLAGS = {
     "--model": (["wrn-10-1", "wrn-10-2"], ["wrn-15-2", "wrn-16-0", "wrn-4-1", "vgg", ""]),
     "--method": (["hypernet", "map"], ["mcmc", "", "MAP"]),
     "--strategy": (["all-in-one", "block-wise", "layer-wise"], ["layerwise", "all"]),
-    "--prior": (["normal", "uniform", "uniform01", "halfnormal"], ["gauss", "Normal"]),
+    "--prior": (["normal", "uniform", "uniform01", "halfnormal", "bernoulli"], ["gauss", "Normal"]),
     "--epochs": (["1", "2"], ["0", "-1", "x", "1.5", ""]),
     "--batch-size": (["3", "8", "64"], ["0", "-2", "many"]),
     "--z-dim": (["1", "4"], ["0", "-4", "2.5"]),
