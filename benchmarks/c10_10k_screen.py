@@ -66,6 +66,9 @@ RUNS: dict[str, dict] = {
     # subspaces are most diverse at their vertices
     "hypernet-bernoulli-draws4": _h("bernoulli", z_draws=4),
     "hypernet-bernoulli": _h("bernoulli"),
+    # the best with a larger hypernetwork (the paper's z = h = 32 for PyramidNet, SVHN and
+    # ResNet-50): kernels from a 32-dim rather than a 16-dim subspace per layer
+    "hypernet-uniform01-draws4-h32": _h("uniform01", z_draws=4, z_dim=32, h_dim=32),
     "hypernet-uniform01-draws8": _h("uniform01", z_draws=8),  # 8 groups of 16
     # the accurate prior moved toward the diverse symmetric one: U(-c, 1 - c) (c = 1/2 is
     # U(-1,1) at half the scale)
