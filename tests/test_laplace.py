@@ -4,6 +4,7 @@ data, its samples' law, and the post-hoc run contract (train --method laplace --
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from conftest import LinearHead
 from pyro_implicit import BayesianNetwork, LastLayerLaplace
 from pyro_implicit.inference.checkpoint import load_checkpoint
 from pyro_implicit.inference.cli import main
+from pyro_implicit.inference.folders import ImageFiles
+from pyro_implicit.inference.runs import load_run
 
 TINY = ["--data", "digits", "--train-subset", "60", "--epochs", "1", "--batch-size", "32",
         "--model", "wrn-10-1"]
@@ -120,6 +123,17 @@ def test_laplace_run_holds_its_config_checkpoint_and_evaluates(map_run, tmp_path
     plain = json.loads(map_out.read_text())
     assert "probit" not in plain
     assert abs(probit["error"] - plain["samples"]["1"]["error"]) <= 0.05
+
+
+def test_labelled_batches_are_the_training_set_normalised_unaugmented_in_order(map_run):
+    run = load_run(map_run)
+    batches = list(run.labelled_batches())
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    assert len(batches[0][0]) == run.config.batch_size and torch.equal(y, run.data.train_y)
+    assert torch.equal(x, run.normalizer(run.data.train_x))  # no crop, no flip
+    run.data.train_x = ImageFiles([Path(f"{i}.png") for i in range(len(y))])
+    with pytest.raises(ValueError, match="in-memory data; imagenet:PATH is not supported"):
+        run.labelled_batches()
 
 
 def _refused(capsys, argv, *words):
