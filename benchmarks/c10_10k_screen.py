@@ -70,6 +70,9 @@ RUNS: dict[str, dict] = {
     # ResNet-50): kernels from a 32-dim rather than a 16-dim subspace per layer
     "hypernet-uniform01-draws4-h32": _h("uniform01", z_draws=4, z_dim=32, h_dim=32),
     "hypernet-uniform01-draws8": _h("uniform01", z_draws=8),  # 8 groups of 16
+    # BatchNorm over 16 images with 4 draws (2 groups each): tells draws8's draws from its
+    # smaller BatchNorm batches, as the bn-groups4 controls do for draws4
+    "hypernet-uniform01-draws4-bn-groups8": _h("uniform01", z_draws=4, bn_groups=8),
     # the accurate prior moved toward the diverse symmetric one: U(-c, 1 - c) (c = 1/2 is
     # U(-1,1) at half the scale)
     "hypernet-uniform01-loc-0.1": _h("uniform01", z_loc=-0.1),

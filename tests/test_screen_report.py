@@ -41,11 +41,14 @@ def test_selection_keeps_matched_accuracy_and_ranks_by_nll():
                 "history": [{"seconds": 20.0}]}
 
     results = {"map": result(0.30, 0.30, 0.90), "a": result(0.305, 0.28, 0.80),
-               "b": result(0.45, 0.40, 0.70), "c": result(0.29, 0.27, 0.85)}
+               "b": result(0.45, 0.40, 0.70), "c": result(0.29, 0.27, 0.85),
+               "map-bn-groups4": result(0.29, 0.29, 0.79)}
     curve = {"error": [0.30, 0.28, 0.27, 0.26], "nll": [0.90, 0.82, 0.79, 0.77],
              "single": {"error": 0.30, "nll": 0.90}}
     summary = summarise(results, curve, tolerance=1.0)
-    assert summary["selection"] == ["a", "c"]  # b is too inaccurate; map is the reference
+    # b is too inaccurate; map is the reference, map-bn-groups4 a MAP control (reported only)
+    assert summary["selection"] == ["a", "c"]
+    assert "x1_error" in summary["runs"]["map-bn-groups4"]
     assert summary["runs"]["a"]["gap_closed"]["error"] == pytest.approx(0.5)
     assert summary["runs"]["a"]["deep_ensemble_equivalent"] == pytest.approx(2 + 2 / 3)
 
