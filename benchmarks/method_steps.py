@@ -45,6 +45,11 @@ HYPERNET_OPTIONS: dict[str, dict] = {
                                                    "z_draw_mode": "mixture"},
     "hypernet --prior uniform01 --repulsion 1": {**HYPERNET, "prior": "uniform01",
                                                  "repulsion": 1.0},
+    "hypernet --bn-groups 4": {**HYPERNET, "bn_groups": 4},
+    "hypernet --z-draws 8": {**HYPERNET, "z_draws": 8},
+    "hypernet --z-draws 4 --bn-groups 8": {**HYPERNET, "z_draws": 4, "bn_groups": 8},
+    "hypernet --z-draws 4 --z-dim 32 --h-dim 32": {**HYPERNET, "z_draws": 4, "z_dim": 32,
+                                                   "h_dim": 32},
 }
 
 
