@@ -1,4 +1,5 @@
-"""Run configuration: every knob of a training run, validated up front, stored as config.json."""
+"""Run configuration: every knob of a training run, checked up front, stored as config.json
+(:func:`.methods.validate` checks a config whole, with what its method asks of it)."""
 
 from __future__ import annotations
 
