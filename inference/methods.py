@@ -266,8 +266,14 @@ def _check_bn_groups(config: TrainConfig, method: Method) -> None:
 def validate(config: TrainConfig) -> TrainConfig:
     """``config`` checked whole: its method's name, its knobs (:meth:`TrainConfig.check`), then
     what the method asks of them; a ValueError names the first bad value and the choices."""
+    check_method(config.method)
+    return check_against_method(config.check())
+
+
+def check_against_method(config: TrainConfig) -> TrainConfig:
+    """What ``config``'s method asks of its knobs, once :meth:`TrainConfig.check` has passed
+    (as :meth:`TrainConfig.load` runs it): the rest of :func:`validate`."""
     method = METHODS[check_method(config.method)]
-    config.check()
     if config.bn_groups > 1:
         _check_bn_groups(config, method)
     if method.check is not None:

@@ -32,7 +32,7 @@ from .data import Normalizer, load_data
 from .distributed import convert_sync_batchnorm
 from .folders import is_lazy, uint8_batches
 from .images import ImageData
-from .methods import build, validate
+from .methods import build, check_against_method, validate
 from .outputs import write_json
 
 CONFIG, METRICS, CHECKPOINT, LOCK = "config.json", "metrics.json", "checkpoint.pt", ".lock"
@@ -154,9 +154,9 @@ def read_config(folder: Path | str, device: str | None = None) -> TrainConfig:
     if not is_run(folder):
         raise FileNotFoundError(f"{folder} is not a run folder (no {CONFIG})")
     path = Path(folder) / CONFIG
-    config = TrainConfig.load(path, device)
+    config = TrainConfig.load(path, device)  # its knobs checked
     try:
-        return validate(config)
+        return check_against_method(config)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
 
