@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Every long run the open work needs, in priority order, each resumable: rerun this after a
 # restart and it continues where it stopped (finished runs are skipped, a killed one resumes).
-#   1. the c10-10k-screen candidates interrupted at the last stop;
-#   2. the best hypernet's 3 seeds (hypernet-best-s*, the configuration the screening named),
-#      the BatchNorm-groups controls of its 4 groups (screening runs *-bn-groups*) before the
-#      third seed;
+# Run folders (runs/, ignored by git) live only as long as the checkout: a fresh clone starts
+# them again, so the order puts first what finishes whole rows in a few hours of 2 cores.
+#   1. the c10-10k-screen candidates interrupted at the last stop (same checkout only);
+#   2. the best hypernet's 3 seeds (hypernet-best-s*, the configuration the screening named);
 #   3. the baselines' c10-10k rows: map-s0's folder (laplace is fitted to it), swag, the fixed
-#      bayes-hypernet and laplace;
-#   4. the other screening candidates, the runner-up's seeds (the paper's U(0,1): 1 and 2),
-#      map-s3;
-#   5. the uncertainty evaluation: the run folders it needs, then one evaluation per run;
+#      bayes-hypernet and laplace, with map-s1 between (laplace waits for map-s0 to finish);
+#   4. the uncertainty evaluation: the MAP folders of its deep-ensemble equivalent (map-s2,
+#      map-s3 and map-s3's c10-10k row), the other run folders it needs, then one evaluation
+#      per run;
+#   5. the other screening candidates (the BatchNorm-groups controls first), the runner-up's
+#      seeds (the paper's U(0,1): 1 and 2);
 #   6. the 120-epoch MAP / N(0,1) / U(0,1) runs, then the screening's extra MAP seeds (they
 #      only calibrate its "gap closed");
 #   7. the reports.
@@ -84,26 +86,26 @@ pending_screen() {
 all_jobs() {
     local name c10=benchmarks/c10_10k.py unc=benchmarks/c10_10k_uncertainty.py
     for name in $(pending_screen started); do echo "benchmarks/c10_10k_screen.py $name"; done
-    local best=($("$PY" "$c10" --list | grep '^hypernet-best-s' || true))
-    for name in "${best[@]:0:2}"; do echo "$c10 $name"; done
-    for name in $(pending_screen fresh | grep -- '-bn-groups' || true); do
-        echo "benchmarks/c10_10k_screen.py $name"
-    done
-    for name in "${best[@]:2}"; do echo "$c10 $name"; done
+    for name in $("$PY" "$c10" --list | grep '^hypernet-best-s' || true); do echo "$c10 $name"; done
     echo "$unc map-s0 --train-only"
     echo "$c10 swag-s0"
+    echo "$unc map-s1 --train-only"
     echo "$c10 bayes-hypernet-s0"
     echo "$c10 laplace-s0"
-    for name in $(pending_screen fresh | grep -v -- '-bn-groups' || true); do
-        echo "benchmarks/c10_10k_screen.py $name"
-    done
-    for name in hypernet-uniform01-s1 hypernet-uniform01-s2; do echo "$c10 $name"; done
+    for name in map-s2 map-s3; do echo "$unc $name --train-only"; done
     echo "$c10 map-s3"
-    for name in map-s1 map-s2 mc-dropout-s0 bbb-s0 hypernet-normal-s0 hypernet-uniform01-s0 \
+    for name in mc-dropout-s0 bbb-s0 hypernet-normal-s0 hypernet-uniform01-s0 hypernet-best-s0 \
         ensemble-s0; do
         echo "$unc $name --train-only"
     done
     for name in $("$PY" "$unc" --list); do echo "$unc $name --no-train"; done
+    for name in $(pending_screen fresh | grep -- '-bn-groups' || true); do
+        echo "benchmarks/c10_10k_screen.py $name"
+    done
+    for name in $(pending_screen fresh | grep -v -- '-bn-groups' || true); do
+        echo "benchmarks/c10_10k_screen.py $name"
+    done
+    for name in hypernet-uniform01-s1 hypernet-uniform01-s2; do echo "$c10 $name"; done
     for name in map-e120-s0 hypernet-normal-e120-s0 hypernet-uniform01-e120-s0; do
         echo "$c10 $name"
     done
