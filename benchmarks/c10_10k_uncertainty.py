@@ -6,14 +6,18 @@ set with N in {1, 4, 16} (x1 the median of 5 draws, BN recalibrated per draw ove
 
 - the temperature fitted on the validation split (the last 500 training files of each class,
   outside the 10k subset, so held out; never ``test/``);
-- the deep-ensemble equivalent against the MAP runs of seeds 0-3 (``map-s0`` .. ``map-s3``);
+- the deep-ensemble equivalent against the MAP runs of seeds 0-3 (``map-s0`` .. ``map-s3``),
+  whose member curve is computed once and kept as ``RESULTS/dee_members.json``: later
+  evaluations (also in a fresh checkout, whose run folders are gone) read it instead of
+  needing the four MAP folders;
 - the 15 CIFAR-10-C-style corruptions x 5 severities on a seeded 500-image subset of the test
   set (generated once and cached);
 - out-of-distribution: scikit-learn's digits as 32x32 RGB.
 
 Run folders that are missing or unfinished are trained (or resumed) first with
 ``benchmarks/c10_10k.py``'s configuration of that name (the four MAP members of the
-deep-ensemble equivalent first; ``laplace-s0`` after ``map-s0``), so the driver can be killed and
+deep-ensemble equivalent first while their curve is not kept yet; ``laplace-s0`` after
+``map-s0``), so the driver can be killed and
 restarted at any point; ``--no-train`` evaluates only what has finished, ``--train-only`` trains
 the named runs and evaluates nothing (a run folder another process is writing is left to it),
 so that several processes can train different runs at once. Writes
@@ -30,6 +34,7 @@ Then: python benchmarks/c10_10k_uncertainty_report.py
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -39,7 +44,12 @@ import c10_10k  # noqa: E402
 from runner import driver_arguments, train_or_resume  # noqa: E402
 
 from pyro_implicit.inference.data import imagefolder_holdout  # noqa: E402
-from pyro_implicit.inference.evaluate import evaluate, ood_images  # noqa: E402
+from pyro_implicit.inference.evaluate import (  # noqa: E402
+    add_dee,
+    evaluate,
+    member_curve,
+    ood_images,
+)
 from pyro_implicit.inference.outputs import write_json  # noqa: E402
 from pyro_implicit.inference.recipes import C10_10K  # noqa: E402
 from pyro_implicit.inference.runs import RunLocked, is_finished, load_run  # noqa: E402
@@ -53,6 +63,8 @@ HOLDOUT_PER_CLASS = 500
 CORRUPTIONS = SEVERITIES = None  # all 15 corruptions, all 5 severities
 SHIFT_SUBSET = 500  # x 75 sets x 16 draws: the bulk of a run's evaluation
 OOD = "digits"
+CURVE = "dee_members.json"  # in the results folder
+SEED = 0  # of the evaluation: BN recalibration batches, draws
 
 
 def ensure_trained(name: str, runs: Path, data: str) -> bool:
@@ -75,16 +87,35 @@ def ensure_trained(name: str, runs: Path, data: str) -> bool:
     return diverged is None
 
 
-def evaluate_uncertainty(name: str, runs: Path, data: str, held_out: tuple) -> dict:
-    """The uncertainty evaluation of the finished run ``runs/name`` (see the module docstring)."""
-    run = load_run(runs / name)
+def dee_curve(runs: Path, results: Path, held_out: tuple) -> dict | None:
+    """The member curve of DEE_MEMBERS (see :func:`member_curve`) on the test set and
+    ``held_out``: read from ``results/dee_members.json``, else computed from their finished run
+    folders and written there; None while one of them is unfinished."""
+    path = results / CURVE
+    if path.is_file():
+        return json.loads(path.read_text())
+    if not all(is_finished(runs / m) for m in DEE_MEMBERS):
+        return None
     members = [load_run(runs / m) for m in DEE_MEMBERS]
+    curve = {"runs": list(DEE_MEMBERS), "seeds": [m.config.seed for m in members],
+             **member_curve(members, members[0].data, held_out, BN_BATCHES, SEED,
+                            progress=False)}
+    results.mkdir(parents=True, exist_ok=True)
+    write_json(path, curve)
+    return curve
+
+
+def evaluate_uncertainty(name: str, runs: Path, data: str, held_out: tuple,
+                         curve: dict) -> dict:
+    """The uncertainty evaluation of the finished run ``runs/name`` (see the module docstring),
+    with its deep-ensemble equivalents on the member ``curve``."""
+    run = load_run(runs / name)
     t0 = time.perf_counter()
-    result = evaluate(run, SAMPLES, bn_batches=BN_BATCHES, progress=False,
+    result = evaluate(run, SAMPLES, bn_batches=BN_BATCHES, seed=SEED, progress=False,
                       calibration=held_out, shift="corruptions", corruptions=CORRUPTIONS,
                       severities=SEVERITIES, shift_subset=SHIFT_SUBSET,
-                      ood=ood_images(OOD, run), dee_members=members)
-    result["dee_members"]["runs"] = list(DEE_MEMBERS)
+                      ood=ood_images(OOD, run))
+    add_dee(result, curve)
     result.update(name=name, run=str(runs / name), data=data, ood_data=OOD,
                   calibration=f"validation split (last {HOLDOUT_PER_CLASS} training files of "
                               "each class, held out)",
@@ -111,14 +142,15 @@ def main() -> None:
             except RunLocked as err:
                 print(f"{name}: left to the process writing it ({err})", flush=True)
         return
-    if not args.no_train:
+    if not args.no_train and not (args.results / CURVE).is_file():
         for name in DEE_MEMBERS:
             ensure_trained(name, args.runs, args.data)
-    waiting = [m for m in DEE_MEMBERS if not is_finished(args.runs / m)]
-    if waiting:
+    held_out = imagefolder_holdout(args.data, HOLDOUT_PER_CLASS, C10_10K["train_subset"])
+    curve = dee_curve(args.runs, args.results, held_out)
+    if curve is None:
+        waiting = [m for m in DEE_MEMBERS if not is_finished(args.runs / m)]
         print(f"waiting for the deep-ensemble members {waiting}", flush=True)
         return
-    held_out = imagefolder_holdout(args.data, HOLDOUT_PER_CLASS, C10_10K["train_subset"])
     for name in names:
         out = args.results / f"{name}.json"
         if out.is_file():
@@ -128,7 +160,7 @@ def main() -> None:
             continue
         if not args.no_train and not ensure_trained(name, args.runs, args.data):
             continue
-        result = evaluate_uncertainty(name, args.runs, args.data, held_out)
+        result = evaluate_uncertainty(name, args.runs, args.data, held_out, curve)
         args.results.mkdir(parents=True, exist_ok=True)
         write_json(out, result)
         x16 = result["samples"]["16"]

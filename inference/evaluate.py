@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pyro
@@ -363,6 +363,18 @@ def member_curve(members: Sequence[Run], test: ImageData,
     return curve
 
 
+def add_dee(result: dict, curve: Mapping) -> dict:
+    """Give every N of an :func:`evaluate` ``result`` its deep-ensemble equivalent ``dee`` (by
+    calibrated NLL) on the member ``curve`` (a :func:`member_curve`, also one saved from an
+    earlier evaluation on the same test and calibration sets, so the members need not be
+    loaded again) and record the curve as ``dee_members``; returns ``result``."""
+    for metrics in result["samples"].values():
+        metrics["dee"] = deep_ensemble_equivalent(metrics["calibrated"]["nll"],
+                                                  curve["calibrated_nll"])
+    result["dee_members"] = dict(curve)
+    return result
+
+
 def calibration_subset(run: Run, size: int = CALIBRATION_SIZE,
                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed seeded subset of ``size`` training items (images, labels): in-sample for the
@@ -427,10 +439,7 @@ def evaluate(run: Run, samples: Sequence[int] = (1, 2, 4, 8, 16), test: ImageDat
     if dee_members:
         curve = member_curve(dee_members, test, (calib_x, calib_y), bn_batches, seed, progress,
                              dist)
-        for metrics in results.values():
-            metrics["dee"] = deep_ensemble_equivalent(metrics["calibrated"]["nll"],
-                                                      curve["calibrated_nll"])
-        result["dee_members"] = {"seeds": [m.config.seed for m in dee_members], **curve}
+        add_dee(result, {"seeds": [m.config.seed for m in dee_members], **curve})
     if hasattr(run.guide, "predictive_probs"):  # beside the N-sample Monte Carlo averages
         bn_stats = {k: v[0] for k, v in predictor.posterior.bn_stats.items()}
         closed = closed_form_probs(run, test.test_x, bn_stats, dist=dist)

@@ -119,3 +119,33 @@ def test_uncertainty_runs_name_each_configuration_once():
     twins = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))
              if configs[i] == configs[j]]
     assert not twins  # each pair would be trained and evaluated twice
+
+
+def test_uncertainty_driver_keeps_the_member_curve_so_later_evaluations_need_no_members(
+        tmp_path, monkeypatch):
+    import shutil
+
+    import c10_10k_uncertainty as uncertainty
+
+    from pyro_implicit.inference.evaluate import add_dee, evaluate
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    monkeypatch.setattr(uncertainty, "DEE_MEMBERS", ("map-s0", "map-s1"))
+    monkeypatch.setattr(uncertainty, "BN_BATCHES", 1)
+    fit(TrainConfig(**TINY, method="map", seed=0), runs / "map-s0", progress=False)
+    data = load_run(runs / "map-s0").data
+    held_out = data.test_x[:40], data.test_y[:40]
+    assert uncertainty.dee_curve(runs, results, held_out) is None  # map-s1 not trained yet
+    fit(TrainConfig(**TINY, method="map", seed=1), runs / "map-s1", progress=False)
+    curve = uncertainty.dee_curve(runs, results, held_out)
+    assert curve["runs"] == ["map-s0", "map-s1"] and curve["seeds"] == [0, 1]
+    assert len(curve["calibrated_nll"]) == 2
+    members = [load_run(runs / m) for m in ("map-s0", "map-s1")]
+    direct = evaluate(members[0], (1,), bn_batches=1, calibration=held_out,
+                      dee_members=members)  # the members loaded, as evaluate --dee-runs does
+    shutil.rmtree(runs / "map-s1")  # a fresh checkout: the curve is read, not recomputed
+    assert uncertainty.dee_curve(runs, results, held_out) == curve
+    kept = add_dee(evaluate(members[0], (1,), bn_batches=1, calibration=held_out), curve)
+    assert kept["samples"]["1"]["dee"] == direct["samples"]["1"]["dee"]
+    for key in ("nll", "calibrated_nll", "error"):
+        assert kept["dee_members"][key] == pytest.approx(direct["dee_members"][key])
