@@ -84,7 +84,7 @@ STRATEGY_CURVES = {  # result stem -> legend (Fig. 6: the strategies with their 
 }
 PRIOR_CURVES = {f"hypernet-{p}-s0": f"p(z) = {PRIOR_NAMES[p]}"  # Fig. 7: all-in-one, branching
                 for p in ("normal", "uniform", "uniform01", "halfnormal")}
-SEED_GROUPS = ("map", "hypernet-normal")  # NAME-s0, -s1, -s2
+SEED_GROUPS = ("map", "hypernet-normal", "hypernet-uniform01", "hypernet-best")  # NAME-s0, -s1, -s2
 FAULT_RUNS = [ENSEMBLE_RUN, *(n for n, (c, _) in RUNS.items() if c.get("method") == "hypernet")]
 CORRELATION_RUNS = ("hypernet-normal-s0", "hypernet-blockwise-normal-s0",
                     "hypernet-layerwise-normal-s0", "hypernet-uniform01-s0")
