@@ -69,7 +69,8 @@ def test_the_driver_evaluates_a_run_with_every_kind(tmp_path, monkeypatch):
         fit(TrainConfig(**TINY, method=method), tmp_path / name, progress=False)
     data = load_run(tmp_path / "hyper").data
     held_out = (data.test_x[:60], data.test_y[:60])
-    result = driver.evaluate_uncertainty("hyper", tmp_path, "digits", held_out)
+    curve = driver.dee_curve(tmp_path, tmp_path / "results", held_out)
+    result = driver.evaluate_uncertainty("hyper", tmp_path, "digits", held_out, curve)
     assert result["name"] == "hyper" and result["config"]["method"] == "hypernet"
     assert result["dee_members"]["runs"] == ["map-s0"] and "dee" in result["samples"]["2"]
     assert result["num_shift"] == min(driver.SHIFT_SUBSET, result["num_test"])
