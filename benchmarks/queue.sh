@@ -5,17 +5,16 @@
 # them again, so the order puts first what finishes whole rows in a few hours of 2 cores.
 #   1. the c10-10k-screen candidates interrupted at the last stop (same checkout only);
 #   2. the best hypernet's 3 seeds (hypernet-best-s*, the configuration the screening named);
-#   3. the baselines' c10-10k rows: map-s0's folder (laplace is fitted to it), swag, the fixed
-#      bayes-hypernet and laplace, with the first screening run before laplace (it waits for
-#      map-s0 to finish);
-#   4. the other screening candidates (the BatchNorm-groups controls first);
-#   5. the uncertainty evaluation: the MAP folders of its deep-ensemble equivalent (map-s1 to
+#   3. the fixed bayes-hypernet's c10-10k row, beside the screening candidates (each under
+#      half an hour of one core; the BatchNorm-groups controls first); then swag and laplace
+#      (laplace is fitted to map-s0's folder; both are skipped once their JSON is committed);
+#   4. the uncertainty evaluation: the MAP folders of its deep-ensemble equivalent (map-s0 to
 #      map-s3, and map-s3's c10-10k row; their curve is kept, so later checkouts skip them),
 #      the other run folders it needs, then one evaluation per run;
-#   6. the runner-up's seeds (the paper's U(0,1): 1 and 2), the 120-epoch MAP / N(0,1) /
+#   5. the runner-up's seeds (the paper's U(0,1): 1 and 2), the 120-epoch MAP / N(0,1) /
 #      U(0,1) runs, then the screening's extra MAP seeds (they only calibrate its "gap
 #      closed");
-#   7. the reports.
+#   6. the reports.
 # A pool of WORKERS processes of one thread each takes the jobs in order: a 2-core machine does
 # more runs per hour that way than one 2-thread run at a time. WORKERS=1 runs them one by one.
 set -euo pipefail
@@ -90,13 +89,11 @@ all_jobs() {
     for name in $("$PY" "$c10" --list | grep '^hypernet-best-s' || true); do echo "$c10 $name"; done
     local screens=($(pending_screen fresh | grep -- '-bn-groups' || true)
                    $(pending_screen fresh | grep -v -- '-bn-groups' || true))
-    echo "$unc map-s0 --train-only"
-    echo "$c10 swag-s0"
     echo "$c10 bayes-hypernet-s0"
-    for name in "${screens[@]:0:1}"; do echo "benchmarks/c10_10k_screen.py $name"; done
+    for name in "${screens[@]}"; do echo "benchmarks/c10_10k_screen.py $name"; done
+    echo "$c10 swag-s0"
     echo "$c10 laplace-s0"
-    for name in "${screens[@]:1}"; do echo "benchmarks/c10_10k_screen.py $name"; done
-    for name in map-s1 map-s2 map-s3; do echo "$unc $name --train-only"; done
+    for name in map-s0 map-s1 map-s2 map-s3; do echo "$unc $name --train-only"; done
     echo "$c10 map-s3"
     for name in mc-dropout-s0 bbb-s0 hypernet-normal-s0 hypernet-uniform01-s0 hypernet-best-s0 \
         ensemble-s0; do
