@@ -61,6 +61,10 @@ RUNS: dict[str, dict] = {
     # a noise schedule: one network for 2 epochs, p(z) opened over the next 4
     "hypernet-normal-hold2-warmup4": _h(z_hold=2, z_warmup=4),
     "hypernet-uniform01-draws4": _h("uniform01", z_draws=4),
+    # K-anchor p(z): z = e_k, one of z_dim = 16 anchors (orthogonal draws, still positive),
+    # an ensemble of 16 kernel sets sharing the output layer; 4 draws per step, and one
+    "hypernet-onehot-draws4": _h("onehot", z_draws=4),
+    "hypernet-onehot": _h("onehot"),
     # z on the unit cube's corners: positive like U(0,1), each draw a random half of the
     # first layer's columns (cosine 1/2 between draws' z, U(0,1)'s 3/4); Wortsman et al.'s
     # subspaces are most diverse at their vertices

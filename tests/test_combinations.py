@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from pyro_implicit import (
-    PRIORS,
     STRATEGIES,
     BayesianNetwork,
     ImplicitGuide,
@@ -18,11 +17,12 @@ from pyro_implicit import (
 from pyro_implicit.forms import FORMS, assemble, draws_needed
 from pyro_implicit.models import create_model
 from pyro_implicit.objective import unique_parameters
+from pyro_implicit.priors import PRIOR_DESCRIPTIONS
 
 NETWORKS = ("wrn-10-1", "resnext-11-2x4d", "pyramidnet-20-24", "resnet-14-w8")
 
 
-@pytest.mark.parametrize("prior", list(PRIORS))
+@pytest.mark.parametrize("prior", list(PRIOR_DESCRIPTIONS))
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("network", NETWORKS)

@@ -71,6 +71,29 @@ def test_spread_zero_is_one_network_and_one_is_the_prior():
         assert not torch.equal(half[name], full[name])
 
 
+def test_onehot_guide_is_z_dim_kernel_sets_and_trains():
+    """K-anchor p(z): every draw is one of z_dim kernel sets, g(e_k), distinct for each k."""
+    model, guide = tiny_model(prior="onehot")  # z_dim 4
+    pyro.set_rng_seed(0)
+    sets: dict[int, dict[str, torch.Tensor]] = {}
+    for _ in range(60):
+        z = guide.sample_latent()
+        w = guide.weights(z)
+        k = int(z.argmax())
+        for name, kernel in sets.setdefault(k, w).items():
+            assert torch.equal(kernel, w[name])
+    assert sorted(sets) == [0, 1, 2, 3]
+    name = guide.site_names[0]
+    assert all(not torch.equal(sets[0][name], sets[k][name]) for k in (1, 2, 3))
+    x, y = tiny_batch(8, classes=5)
+    optimizer = torch.optim.SGD([*model.parameters(), *guide.parameters()], lr=0.1)
+    before = guide.hypernet.output.detach().clone()
+    loss = ImplicitMAP()(model, guide, x, y)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and not torch.equal(guide.hypernet.output, before)
+
+
 def test_spread_schedule_holds_then_opens_linearly():
     config = TrainConfig(z_hold=2, z_warmup=4, epochs=10)
     steps = 10

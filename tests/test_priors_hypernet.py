@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyro_implicit import PRIORS, HyperNetworks, group_layers, z_prior
-from pyro_implicit.priors import prior_quantiles
+from pyro_implicit.priors import PRIOR_DESCRIPTIONS, prior_quantiles, scalar_prior
 
 
 @pytest.mark.parametrize("name, low, high, mean, std", [
@@ -32,12 +32,38 @@ def test_bernoulli_draws_corners_of_the_cube_and_its_quantiles_split_at_one_half
     assert set(moved.unique().tolist()) == {-0.25, 0.25}
 
 
+def test_onehot_draws_one_anchor_per_row_uniformly_and_its_quantiles_pick_it():
+    torch.manual_seed(0)
+    d = z_prior("onehot", (4000, 2, 8))
+    assert d.event_shape == (4000, 2, 8) and d.batch_shape == ()
+    z = d.sample()
+    assert set(z.unique().tolist()) == {0.0, 1.0} and (z.sum(-1) == 1).all()
+    counts = z.sum((0, 1)) / 8000
+    assert torch.allclose(counts, torch.full((8,), 1 / 8), atol=0.015)
+    assert torch.isclose(d.log_prob(z), torch.tensor(8000 * math.log(1 / 8)))
+    # the first uniform of a row picks its anchor: k = floor(8 u)
+    u = torch.tensor([[0.01, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9],
+                      [0.99, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                      [0.26, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]], dtype=torch.float64)
+    assert prior_quantiles("onehot", u).argmax(-1).tolist() == [0, 7, 2]
+    assert (prior_quantiles("onehot", u).sum(-1) == 1).all()
+    moved = z_prior("onehot", (50, 1, 4), loc=-0.25, scale=0.5)
+    z = moved.sample()
+    assert set(z.unique().tolist()) == {-0.25, 0.25} and ((z > 0).sum(-1) == 1).all()
+    # a pmf moved: log p is the anchors' (50 rows of 1/4) less the scale's Jacobian
+    expected = 50 * math.log(1 / 4) - 200 * math.log(0.5)
+    assert torch.isclose(moved.log_prob(z), torch.tensor(expected))
+    with pytest.raises(ValueError, match="whole z row"):
+        scalar_prior("onehot")
+
+
 def test_unknown_prior_lists_choices():
     with pytest.raises(ValueError) as err:
         z_prior("cauchy", (3,))
     assert "cauchy" in str(err.value)
-    for name in PRIORS:
+    for name in PRIOR_DESCRIPTIONS:
         assert name in str(err.value)
+    assert set(PRIOR_DESCRIPTIONS) == {*PRIORS, "onehot"}
 
 
 def test_group_layers():
