@@ -64,6 +64,9 @@ RUNS: dict[str, dict] = {
     # K-anchor p(z): z = e_k, one of z_dim = 16 anchors (orthogonal draws, still positive),
     # an ensemble of 16 kernel sets sharing the output layer; 4 draws per step, and one
     "hypernet-onehot-draws4": _h("onehot", z_draws=4),
+    # 4 anchors (z_dim 4, h_dim 16), as many as the ensemble's members, each in about a
+    # quarter of every step's groups
+    "hypernet-onehot4-draws4": _h("onehot", z_draws=4, z_dim=4),
     "hypernet-onehot": _h("onehot"),
     # z on the unit cube's corners: positive like U(0,1), each draw a random half of the
     # first layer's columns (cosine 1/2 between draws' z, U(0,1)'s 3/4); Wortsman et al.'s
