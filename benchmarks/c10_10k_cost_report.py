@@ -1,5 +1,6 @@
 """Accuracy against training cost on the ``c10-10k`` protocol: MAP, the 4-MAP ensemble, the
-paper's hypernets and the best hypernet, at 40 epochs and (where run) 120 epochs.
+paper's hypernets and the best hypernet, at 40 epochs and (where run) 120 epochs, and the
+baselines trained in one run.
 
 Training cost is counted in MAP training runs of 40 epochs: epochs / 40 x members x the step's
 cost over a MAP step, as measured in one interleaved run (``benchmarks/method_steps.py``; its
@@ -41,6 +42,11 @@ GROUPS: list[tuple[str, list[str]]] = [
     ("paper hypernet N(0,1)", ["hypernet-normal-s0", "hypernet-normal-s1", "hypernet-normal-s2"]),
     ("paper hypernet N(0,1)" + LONGER, ["hypernet-normal-e120-s0"]),
     ("best hypernet", ["hypernet-best-s0", "hypernet-best-s1", "hypernet-best-s2"]),
+    # the baselines trained in one run (laplace is fitted to map-s0 and left out)
+    ("Bayesian hypernet (Krueger et al.)", ["bayes-hypernet-s0"]),
+    ("MC dropout", ["mc-dropout-s0"]),
+    ("SWAG", ["swag-s0"]),
+    ("BBB, local reparam.", ["bbb-s0"]),
 ]
 MAP, ENSEMBLE = "MAP", "ensemble of 4 MAP"
 
@@ -49,8 +55,10 @@ def step_ratio(config: dict, methods: dict, options: dict) -> float:
     """A training step's cost over a MAP step for ``config``: map and ensemble members 1, the
     hypernet's options from the ``--hypernet-options`` run, other methods from the main one."""
     method = config["method"]
-    if method in ("map", "ensemble"):
+    if method in ("map", "ensemble", "swag"):  # swag: MAP's SGD step, one collection an epoch
         return 1.0
+    if method == "bbb" and config.get("local_reparam"):
+        return methods["bbb --local-reparam"]
     if method != "hypernet":
         return methods[method]
     if config.get("repulsion", 0):

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import c10_10k_cost_report as report  # noqa: E402
 
-METHODS = {"map": 1.0, "hypernet": 1.02, "bbb": 1.1}
+METHODS = {"map": 1.0, "hypernet": 1.02, "bbb": 1.1, "bbb --local-reparam": 2.6}
 OPTIONS = {"map": 1.0, "hypernet": 1.0, "hypernet --z-draws 4": 1.1,
            "hypernet --z-draws 2 --z-draw-mode mixture": 2.0,
            "hypernet --prior uniform01 --repulsion 1": 1.01}
@@ -63,6 +63,9 @@ def test_step_ratio_of_each_option():
                              OPTIONS) == 2.0
     assert report.step_ratio({"method": "bbb"}, METHODS, OPTIONS) == 1.1
     assert report.step_ratio({"method": "ensemble"}, METHODS, OPTIONS) == 1.0
+    # local reparameterisation is timed apart; SWAG's step is MAP's
+    assert report.step_ratio({"method": "bbb", "local_reparam": True}, METHODS, OPTIONS) == 2.6
+    assert report.step_ratio({"method": "swag"}, METHODS, OPTIONS) == 1.0
 
 
 def test_main_writes_table_json_and_plot(tmp_path):
