@@ -72,6 +72,9 @@ RUNS: dict[str, dict] = {
     # first layer's columns (cosine 1/2 between draws' z, U(0,1)'s 3/4); Wortsman et al.'s
     # subspaces are most diverse at their vertices
     "hypernet-bernoulli-draws4": _h("bernoulli", z_draws=4),
+    # the strongest baseline trained once on c10-10k (Krueger et al.'s Bayesian hypernet,
+    # bounded flow): a reference for the screening's ranking, not a candidate
+    "bayes-hypernet": dict(method="bayes-hypernet"),
     "hypernet-bernoulli": _h("bernoulli"),
     # the accurate prior moved toward the diverse symmetric one: U(-c, 1 - c) (c = 1/2 is
     # U(-1,1) at half the scale)

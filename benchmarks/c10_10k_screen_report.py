@@ -54,9 +54,10 @@ REFERENCES = ("map", "hypernet-normal", "hypernet-uniform01")
 
 def is_candidate(name: str) -> bool:
     """Whether run ``name`` is a hypernet option under test: not a reference, not one of the
-    MAP seeds and not a MAP control (a run of RUNS with ``method="map"``)."""
+    MAP seeds and not a control or baseline of another method (a run of RUNS whose
+    ``method`` is not ``hypernet``, such as the MAP controls)."""
     return (name not in REFERENCES and name not in ENSEMBLE
-            and RUNS.get(name, {}).get("method", "hypernet") != "map")
+            and RUNS.get(name, {}).get("method", "hypernet") == "hypernet")
 
 
 def member_curve(runs: Path, cache: Path) -> dict | None:

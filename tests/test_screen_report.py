@@ -69,6 +69,14 @@ def test_without_a_matched_candidate_the_pareto_front_is_selected():
     assert summary["beaten_by_paper"] == {"a": ["hypernet-uniform01"]}
 
 
+def test_candidates_are_the_hypernet_options_alone():
+    from c10_10k_screen_report import is_candidate
+
+    assert is_candidate("hypernet-onehot-draws4") and is_candidate("hypernet-uniform01-draws4")
+    for name in ("map", "hypernet-uniform01", "map-s1", "map-bn-groups4", "bayes-hypernet"):
+        assert not is_candidate(name)
+
+
 def _queue_function(name: str) -> str:
     import re
 
