@@ -97,6 +97,13 @@ RUNS: dict[str, dict] = {
     "hypernet-uniform01-bn-groups4": _h("uniform01", bn_groups=4),
     # a diversity-aware objective: the mixture likelihood of 2 draws (2x the step)
     "hypernet-normal-mixture2": _h(z_draws=2, z_draw_mode="mixture"),
+    # rank-1 generation (BatchEnsemble, Wen et al. 2020; rank-1 BNNs, Dusenberry et al. 2020):
+    # one shared kernel per layer, learning from every image, times per-channel factors of z;
+    # 4 anchors make it a BatchEnsemble of 4 members, a continuous p(z) a rank-1 implicit
+    # posterior (the symmetric N(0,1) for diversity, U(0,1) for comparison)
+    "hypernet-onehot4-draws4-rank1": _h("onehot", z_draws=4, z_dim=4, generator="rank1"),
+    "hypernet-normal-draws4-rank1": _h(z_draws=4, generator="rank1"),
+    "hypernet-uniform01-draws4-rank1": _h("uniform01", z_draws=4, generator="rank1"),
     # the 4-member MAP ensemble of the same protocol (map is member 0): gap-closed reference
     **{f"map-s{m}": dict(method="map", seed=m) for m in (1, 2, 3)},
 }

@@ -124,7 +124,8 @@ class Method:
 def _hypernet(net, config: TrainConfig, num_data: int):
     model = BayesianNetwork(net, num_data)
     guide = ImplicitGuide(model, config.strategy, config.prior, config.z_dim, config.h_dim,
-                          config.z_loc, config.z_scale, anchor_seed=config.seed)
+                          config.z_loc, config.z_scale, anchor_seed=config.seed,
+                          generator=config.generator)
     return model, guide
 
 

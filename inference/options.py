@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyro_implicit.hypernet import GENERATORS, check_generator
 from pyro_implicit.objective import DRAW_MODES
 from pyro_implicit.priors import PRIOR_DESCRIPTIONS, check_location_scale, check_prior
 from pyro_implicit.strategies import STRATEGIES, check_strategy
@@ -89,6 +90,9 @@ class HypernetOptions:
         + " (default uniform01, the best found on c10-10k; the paper's WRN-28-4 runs: normal)")
     z_dim: int = knob(16, "z's dimension per group (the paper: 16 or 32)", type=positive_int)
     h_dim: int = knob(16, "hidden units of each hypernetwork", type=positive_int)
+    generator: str = knob("full", "how g(z) makes a kernel: " + ", ".join(GENERATORS)
+                          + " (full: the paper's, the output layer emits every weight; rank1: "
+                            "a shared kernel times per-channel factors of z, as BatchEnsemble)")
     z_loc: float = knob(0.0, "p(z) moved to MU + S * e, e from --prior (default 0)", "MU")
     z_scale: float = knob(1.0, "see --z-loc (default 1); only S / MU matters to the generated "
                                "nets, which BatchNorm makes scale-free", "S")
@@ -117,6 +121,11 @@ class HypernetOptions:
         check_location_scale(self.z_loc, self.z_scale)
         _choice(self.z_draw_mode, DRAW_MODES, "z draw mode")
         _finite(self, "theta_lr_scale")
+        check_generator(self.generator)
+        if self.generator != "full" and self.theta_lr_scale != 1:
+            raise ValueError(f"theta_lr_scale scales the full generator's output layers; "
+                             f"generator {self.generator!r} has none, got "
+                             f"theta_lr_scale={self.theta_lr_scale!r}")
         _finite(self, "repulsion", positive=False)
 
 

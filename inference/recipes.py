@@ -82,7 +82,8 @@ C10_10K = {"data": "imagefolder:../shared/data/cifar10", "train_subset": 10000,
 # of the prior per mini-batch, no schedule, one learning rate
 HYPERNET = {"method": "hypernet", "strategy": "all-in-one", "prior": "normal", "z_dim": 16,
             "h_dim": 16, "z_loc": 0.0, "z_scale": 1.0, "z_draws": 1, "z_draw_mode": "groups",
-            "z_hold": 0, "z_warmup": 0, "theta_lr_scale": 1.0, "repulsion": 0.0}
+            "z_hold": 0, "z_warmup": 0, "theta_lr_scale": 1.0, "repulsion": 0.0,
+            "generator": "full"}
 # The best hypernetwork the c10-10k screening found (docs/results.md, "Accurate and diverse at
 # once"): the paper's CIFAR choice, all-in-one U(0,1) (Table I), with 4 z per step (the batch
 # in 4 groups, one draw each), ahead of U(0,1) alone in x1 error and x16 NLL on the validation
@@ -93,14 +94,16 @@ PRIOR_NAMES = {"normal": "N(0,1)", "uniform": "U(-1,1)", "uniform01": "U(0,1)",
 
 
 def hypernet_label(config: TrainConfig) -> str:
-    """How tables name a hypernet's p(z), draws per step and BatchNorm groups, e.g. "U(0,1),
-    4 z per step"."""
+    """How tables name a hypernet's p(z), draws per step, BatchNorm groups and generator, e.g.
+    "U(0,1), 4 z per step"."""
     label = PRIOR_NAMES.get(config.prior, config.prior)
     if config.z_draws > 1:
         mixture = " (mixture)" if config.z_draw_mode == "mixture" else ""
         label += f", {config.z_draws} z per step{mixture}"
     if config.bn_groups > 1:
         label += f", {config.bn_groups} BatchNorm groups"
+    if config.generator != "full":
+        label += f", {config.generator} generator"
     return label
 
 # (base name, source, setting, {suffix: (source, description, hypernet changes)}, baselines)

@@ -12,7 +12,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from .hypernet import HyperNetworks
+from .hypernet import GENERATORS, check_generator
 from .model import BayesianNetwork
 from .priors import check_location_scale, check_prior, prior_quantiles, z_prior
 from .strategies import group_layers
@@ -86,6 +86,7 @@ class ImplicitGuide(GuideContract, PyroModule):
         z_loc: float = 0.0,
         z_scale: float = 1.0,
         anchor_seed: int = 0,
+        generator: str = "full",
     ):
         super().__init__()
         if not isinstance(model, BayesianNetwork):
@@ -96,11 +97,11 @@ class ImplicitGuide(GuideContract, PyroModule):
         if not model.sites:
             raise ValueError("the model has no generated weight sites to put a hypernetwork on")
         self.prior = check_prior(prior)
-        self.strategy = strategy
+        self.strategy, self.generator = strategy, check_generator(generator)
         self.site_names = [s.name for s in model.sites]
         self.groups, layer_group = group_layers(model.blocks, strategy)
         self.register_buffer("layer_group", torch.tensor(layer_group, dtype=torch.long))
-        self.hypernet = HyperNetworks([s.shape for s in model.sites], z_dim, h_dim)
+        self.hypernet = GENERATORS[generator]([s.shape for s in model.sites], z_dim, h_dim)
         self.z_loc, self.z_scale, self.spread = float(z_loc), float(z_scale), 1.0
         # from a generator of its own (the global RNG stream is untouched), rebuilt from the
         # seed rather than saved, so state dicts are those of a guide without a schedule

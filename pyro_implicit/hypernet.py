@@ -5,6 +5,10 @@ matmul; all output layers are one (sum of kernel sizes, h_dim) tensor split into
 views, so the optimiser sees two large tensors instead of 2L small ones. The output layers hold
 h_dim x the generated weights; their forward and backward, threaded on CPU and optionally
 fused with the SGD step (:meth:`HyperNetworks.fuse_sgd`), are in :mod:`.generation`.
+
+:class:`Rank1HyperNetworks` is the cheap alternative (``GENERATORS["rank1"]``): each kernel a
+shared parameter scaled per output and per input channel by factors the same kind of MLP makes
+from z, as BatchEnsemble (Wen et al. 2020) and rank-1 BNNs (Dusenberry et al. 2020) do.
 """
 
 from __future__ import annotations
@@ -119,6 +123,74 @@ class HyperNetworks(nn.Module):
 
     def extra_repr(self) -> str:
         return f"layers={len(self.shapes)}, z_dim={self.z_dim}, h_dim={self.h_dim}"
+
+
+class Rank1HyperNetworks(nn.Module):
+    """Rank-1 generation: ``w_i = W_i * (1 + r_i(z)) (1 + s_i(z))^T`` over output and input
+    channels, ``[r_i; s_i] = A_i u``, ``u = relu(H_i z) / rms(relu(H_i z))``.
+
+    ``W_i`` (He-normal, fan-out: the networks' own init) is shared by every draw, so it learns
+    from every image, and only the per-channel factors depend on z; normalising the hidden
+    layer ``u`` keeps the factors' spread independent of p(z)'s scale. ``A_i`` starts so that
+    the factors' perturbations are about N(0, ``factor_std``^2) (BatchEnsemble's N(1, 0.5^2)).
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]], z_dim: int = 16, h_dim: int = 16,
+                 factor_std: float = 0.5):
+        super().__init__()
+        if z_dim < 1 or h_dim < 1:
+            raise ValueError(f"z_dim and h_dim must be >= 1, got z_dim={z_dim}, h_dim={h_dim}")
+        self.shapes = [torch.Size(s) for s in shapes]
+        if any(len(s) < 2 for s in self.shapes):
+            raise ValueError(f"rank-1 generation needs kernels of >= 2 dims, got {self.shapes}")
+        self.sizes = [s.numel() for s in self.shapes]
+        self.channels = [s[0] + s[1] for s in self.shapes]  # r_i then s_i
+        self.z_dim, self.h_dim, self.factor_std = z_dim, h_dim, float(factor_std)
+        self.hidden = nn.Parameter(torch.empty(len(self.shapes), h_dim, z_dim))
+        self.output = nn.Parameter(torch.empty(sum(self.channels), h_dim))
+        self.kernel = nn.Parameter(torch.empty(sum(self.sizes)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-uniform hidden layers, factor layers N(0, factor_std^2 / h_dim), kernels He."""
+        with torch.no_grad():
+            he = math.sqrt(6.0 / self.z_dim)
+            self.hidden.uniform_(-he, he)
+            self.output.normal_(0.0, self.factor_std / math.sqrt(self.h_dim))
+            for w, shape in zip(self.kernel.split(self.sizes), self.shapes, strict=True):
+                nn.init.kaiming_normal_(w.view(shape), mode="fan_out", nonlinearity="relu")
+
+    def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """Map z of shape (L, z_dim) to the L kernels."""
+        if z.shape != (len(self.shapes), self.z_dim):
+            raise ValueError(
+                f"expected z of shape {(len(self.shapes), self.z_dim)}, got {tuple(z.shape)}"
+            )
+        hidden = torch.relu(torch.bmm(self.hidden, z.unsqueeze(-1)).squeeze(-1))  # (L, h_dim)
+        hidden = hidden * hidden.square().mean(-1, keepdim=True).add(1e-12).rsqrt()
+        kernels = []
+        for i, (a, w, shape) in enumerate(zip(self.output.split(self.channels),
+                                              self.kernel.split(self.sizes), self.shapes,
+                                              strict=True)):
+            r, s = (1 + a @ hidden[i]).split([shape[0], shape[1]])
+            ones = (1,) * (len(shape) - 2)
+            kernels.append(w.view(shape) * r.view(-1, 1, *ones) * s.view(1, -1, *ones))
+        return kernels
+
+    def extra_repr(self) -> str:
+        return (f"layers={len(self.shapes)}, z_dim={self.z_dim}, h_dim={self.h_dim}, "
+                f"factor_std={self.factor_std}")
+
+
+# how g(z; theta) makes a kernel: the paper's full output layer, or rank-1 channel factors
+GENERATORS: dict[str, type[nn.Module]] = {"full": HyperNetworks, "rank1": Rank1HyperNetworks}
+
+
+def check_generator(name: str) -> str:
+    """Return ``name`` if it names a generator, else raise a ValueError listing the choices."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; choose one of: {', '.join(GENERATORS)}")
+    return name
 
 
 def release_grads(*modules: nn.Module) -> None:

@@ -81,7 +81,8 @@ MODELS: dict[type, Kind] = {
 GUIDES: dict[type, Kind] = {
     ImplicitGuide: Kind(lambda g: {"strategy": g.strategy, "prior": g.prior,
                                    "z_dim": g.hypernet.z_dim, "h_dim": g.hypernet.h_dim,
-                                   "z_loc": g.z_loc, "z_scale": g.z_scale},
+                                   "z_loc": g.z_loc, "z_scale": g.z_scale,
+                                   "generator": g.generator},
                         extra=("anchor", "spread")),
     PointGuide: Kind(lambda g: {}, takes_model=False),
     MeanFieldNormal: Kind(lambda g: {}),
