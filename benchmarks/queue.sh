@@ -10,7 +10,7 @@
 #      (laplace is fitted to map-s0's folder; both are skipped once their JSON is committed);
 #   4. the uncertainty evaluation: the MAP folders of its deep-ensemble equivalent (map-s0 to
 #      map-s3, and map-s3's c10-10k row; their curve is kept, so later checkouts skip them),
-#      the other run folders it needs, then one evaluation per run;
+#      then each other run trained where its folder is gone and evaluated in the same job;
 #   5. the runner-up's seeds (the paper's U(0,1): 1 and 2), the 120-epoch MAP / N(0,1) /
 #      U(0,1) runs, then the screening's extra MAP seeds (they only calibrate its "gap
 #      closed");
@@ -94,12 +94,11 @@ all_jobs() {
     echo "$c10 swag-s0"
     echo "$c10 laplace-s0"
     for name in map-s0 map-s1 map-s2 map-s3; do echo "$unc $name --train-only"; done
+    # map-s0's evaluation computes and keeps the members' curve; every later job trains its
+    # run (when its folder is gone) and evaluates it at once, so each finishes a whole row
+    echo "$unc map-s0"
     echo "$c10 map-s3"
-    for name in mc-dropout-s0 bbb-s0 hypernet-normal-s0 hypernet-uniform01-s0 hypernet-best-s0 \
-        ensemble-s0; do
-        echo "$unc $name --train-only"
-    done
-    for name in $("$PY" "$unc" --list); do echo "$unc $name --no-train"; done
+    for name in $("$PY" "$unc" --list | grep -vx map-s0); do echo "$unc $name"; done
     for name in hypernet-uniform01-s1 hypernet-uniform01-s2; do echo "$c10 $name"; done
     for name in map-e120-s0 hypernet-normal-e120-s0 hypernet-uniform01-e120-s0; do
         echo "$c10 $name"
