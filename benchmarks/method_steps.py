@@ -5,7 +5,8 @@ median over ``--steps``. An ensemble's step is a ``map`` member's step (its memb
 after another), so it is not listed.
 
 Usage: python benchmarks/method_steps.py [--net wrn-16-2] [--batch 128] [--steps 10]
-           [--hypernet-options] [--json benchmarks/results/speed/method_steps.json]
+           [--hypernet-options] [--only NAME ...]
+           [--json benchmarks/results/speed/method_steps.json]
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ HYPERNET_OPTIONS: dict[str, dict] = {
     "hypernet --z-draws 4 --bn-groups 8": {**HYPERNET, "z_draws": 4, "bn_groups": 8},
     "hypernet --z-draws 4 --z-dim 32 --h-dim 32": {**HYPERNET, "z_draws": 4, "z_dim": 32,
                                                    "h_dim": 32},
+    "hypernet --z-draws 4 --generator rank1": {**HYPERNET, "z_draws": 4, "generator": "rank1"},
+    "hypernet --generator rank1": {**HYPERNET, "generator": "rank1"},
 }
 
 
@@ -76,11 +79,20 @@ def main() -> None:
     p.add_argument("--hypernet-options", action="store_true",
                    help="time map, hypernet and the screening's costlier hypernet options "
                         "instead (default --json .../hypernet_options_steps.json)")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="time map and these of the list only (names as printed)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.steps < 1:
         p.error(f"--steps {args.steps}: must be >= 1")
     methods = HYPERNET_OPTIONS if args.hypernet_options else METHODS
+    unknown = sorted(set(args.only or ()) - set(methods))
+    if unknown:
+        p.error(f"--only {unknown[0]!r}: choose from {', '.join(map(repr, methods))}")
+    if args.only:
+        methods = {name: c for name, c in methods.items() if name == "map" or name in args.only}
+    if args.only and args.json is None:
+        p.error("--only needs --json (the full list's files hold every row)")
     args.json = args.json or ("benchmarks/results/speed/" + (
         "hypernet_options_steps.json" if args.hypernet_options else "method_steps.json"))
     times = time_methods(args.net, args.batch, args.steps, methods=methods)

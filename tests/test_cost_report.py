@@ -100,3 +100,23 @@ def test_the_step_ratios_time_what_the_cost_report_names():
     variant = speed.Variant("hypernet", "wrn-10-1", "cpu", 4, False, num_data=8)
     assert (variant.config.method, variant.config.z_draws) == ("hypernet", 1)
     assert speed.Variant("plain", "wrn-10-1", "cpu", 4, False, num_data=8).config.method == "map"
+
+
+def test_step_ratios_of_a_subset_are_timed_against_map_and_written_apart(tmp_path, capsys,
+                                                                        monkeypatch):
+    import method_steps
+
+    out = tmp_path / "rank1_steps.json"
+    name = "hypernet --z-draws 4 --generator rank1"
+    monkeypatch.setattr(sys, "argv", ["method_steps.py", "--hypernet-options", "--net",
+                                      "wrn-10-1", "--batch", "8", "--steps", "1", "--only",
+                                      name, "--json", str(out)])
+    method_steps.main()
+    result = json.loads(out.read_text())
+    assert set(result["over_map"]) == {"map", name} and result["over_map"]["map"] == 1.0
+    for bad, match in [(["--only", "nope", "--json", str(out)], "--only 'nope': choose from"),
+                       (["--only", name], "--only needs --json")]:
+        monkeypatch.setattr(sys, "argv", ["method_steps.py", "--hypernet-options", *bad])
+        with pytest.raises(SystemExit):
+            method_steps.main()
+        assert match in capsys.readouterr().err
