@@ -75,6 +75,11 @@ RUNS: dict[str, tuple[dict, dict[str, dict]]] = {
     "hypernet-uniform01-s2": (_hypernet("uniform01", seed=2), {"": {}}),
     # the best configuration of the c10-10k-screen (recipe c10-10k-best, train's default)
     **{f"hypernet-best-s{m}": ({**BEST_HYPERNET, "seed": m}, {"": {}}) for m in range(3)},
+    # rank-1 generation (--generator rank1), the screening's lowest NLL: 4 anchors with 4 z per
+    # step, a BatchEnsemble of 4 whose factors come from one small MLP
+    **{f"hypernet-rank1-onehot4-s{m}": ({**HYPERNET, "prior": "onehot", "z_dim": 4,
+                                         "z_draws": 4, "generator": "rank1", "seed": m},
+                                        {"": {}}) for m in range(3)},
     # does training longer let the N(0,1) noise be fitted? (the paper trains 800 epochs)
     "map-e120-s0": (dict(method="map", epochs=120), {"": {}}),
     "hypernet-normal-e120-s0": (dict(_hypernet(), epochs=120), {"": {}}),
