@@ -80,6 +80,9 @@ RUNS: dict[str, tuple[dict, dict[str, dict]]] = {
     **{f"hypernet-rank1-onehot4-s{m}": ({**HYPERNET, "prior": "onehot", "z_dim": 4,
                                          "z_draws": 4, "generator": "rank1", "seed": m},
                                         {"": {}}) for m in range(3)},
+    # and with the symmetric N(0,1): twice the averaging gain at 1.7 points of one draw's error
+    **{f"hypernet-rank1-normal-s{m}": ({**HYPERNET, "z_draws": 4, "generator": "rank1",
+                                        "seed": m}, {"": {}}) for m in range(3)},
     # does training longer let the N(0,1) noise be fitted? (the paper trains 800 epochs)
     "map-e120-s0": (dict(method="map", epochs=120), {"": {}}),
     "hypernet-normal-e120-s0": (dict(_hypernet(), epochs=120), {"": {}}),
