@@ -4,7 +4,7 @@ baselines trained in one run.
 
 Training cost is counted in MAP training runs of 40 epochs: epochs / 40 x members x the step's
 cost over a MAP step, as measured in one interleaved run (``benchmarks/method_steps.py``; its
-``--hypernet-options`` run for the hypernet's options). Wall times recorded by the runs
+``--hypernet-options`` runs for the hypernet's options). Wall times recorded by the runs
 themselves are not used: the runs shared the cores with other work. Gap closed: MAP (the mean
 of its seeds at 40 epochs) = 0, the ensemble of 4 = 1, in x16 error and NLL. Deep-ensemble
 equivalent (DEE): the number of averaged MAP members whose NLL the run's matches, on the
@@ -42,6 +42,8 @@ GROUPS: list[tuple[str, list[str]]] = [
     ("paper hypernet N(0,1)", ["hypernet-normal-s0", "hypernet-normal-s1", "hypernet-normal-s2"]),
     ("paper hypernet N(0,1)" + LONGER, ["hypernet-normal-e120-s0"]),
     ("best hypernet", ["hypernet-best-s0", "hypernet-best-s1", "hypernet-best-s2"]),
+    ("rank-1 hypernet, 4 anchors", [f"hypernet-rank1-onehot4-s{m}" for m in range(3)]),
+    ("rank-1 hypernet, N(0,1)", [f"hypernet-rank1-normal-s{m}" for m in range(3)]),
     # the baselines trained in one run (laplace is fitted to map-s0 and left out)
     ("Bayesian hypernet (Krueger et al.)", ["bayes-hypernet-s0"]),
     ("MC dropout", ["mc-dropout-s0"]),
@@ -49,6 +51,9 @@ GROUPS: list[tuple[str, list[str]]] = [
     ("BBB, local reparam.", ["bbb-s0"]),
 ]
 MAP, ENSEMBLE = "MAP", "ensemble of 4 MAP"
+# the hypernet options' step ratios: the screening's options, then the rank-1 generator's
+# (timed later, in a run of their own: method_steps.py --hypernet-options --only ...)
+OPTION_STEPS = ("hypernet_options_steps.json", "hypernet_rank1_steps.json")
 
 
 def step_ratio(config: dict, methods: dict, options: dict) -> float:
@@ -63,11 +68,12 @@ def step_ratio(config: dict, methods: dict, options: dict) -> float:
         return methods[method]
     if config.get("repulsion", 0):
         return options["hypernet --prior uniform01 --repulsion 1"]
+    rank1 = " --generator rank1" if config.get("generator", "full") == "rank1" else ""
     if config.get("z_draws", 1) > 1:
         key = ("hypernet --z-draws 2 --z-draw-mode mixture" if config["z_draw_mode"] == "mixture"
                else "hypernet --z-draws 4")
-        return options[key]
-    return options["hypernet"]
+        return options[key + rank1]
+    return options["hypernet" + rank1]
 
 
 def best_n(result: dict) -> str:
@@ -177,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = {path.stem: json.loads(path.read_text())
                for path in sorted(args.results.glob("*.json")) if path.stem in names}
     methods = json.loads((args.speed / "method_steps.json").read_text())["over_map"]
-    options = json.loads((args.speed / "hypernet_options_steps.json").read_text())["over_map"]
+    options = {name: ratio for file in OPTION_STEPS if (args.speed / file).is_file()
+               for name, ratio in json.loads((args.speed / file).read_text())["over_map"].items()
+               if name != "map"}
     rows = summarise(results, methods, options)
     missing = [n for _, names in GROUPS for n in names if n not in results]
     table = make_table(rows, missing)

@@ -66,6 +66,13 @@ def test_step_ratio_of_each_option():
     # local reparameterisation is timed apart; SWAG's step is MAP's
     assert report.step_ratio({"method": "bbb", "local_reparam": True}, METHODS, OPTIONS) == 2.6
     assert report.step_ratio({"method": "swag"}, METHODS, OPTIONS) == 1.0
+    # the rank-1 generator's steps are their own rows
+    rank1 = {**OPTIONS, "hypernet --z-draws 4 --generator rank1": 0.9,
+             "hypernet --generator rank1": 0.8}
+    assert report.step_ratio({**base, "z_draws": 4, "generator": "rank1"}, METHODS,
+                             rank1) == 0.9
+    assert report.step_ratio({**base, "generator": "rank1"}, METHODS, rank1) == 0.8
+    assert report.step_ratio({**base, "z_draws": 4, "generator": "full"}, METHODS, rank1) == 1.1
 
 
 def test_main_writes_table_json_and_plot(tmp_path):
@@ -74,14 +81,20 @@ def test_main_writes_table_json_and_plot(tmp_path):
     speed.mkdir()
     (speed / "method_steps.json").write_text(json.dumps({"over_map": METHODS}))
     (speed / "hypernet_options_steps.json").write_text(json.dumps({"over_map": OPTIONS}))
+    (speed / "hypernet_rank1_steps.json").write_text(json.dumps({"over_map": {
+        "map": 1.0, "hypernet --z-draws 4 --generator rank1": 0.9}}))
+    rank1 = result("hypernet-rank1-normal-s0", "hypernet", 0.24, 0.7)
+    rank1["config"].update(z_draws=4, z_draw_mode="groups", generator="rank1")
     for name, r in {"map-s0": result("map-s0", "map", 0.26, 0.84),
+                    "hypernet-rank1-normal-s0": rank1,
                     "ensemble-s0": result("ensemble-s0", "ensemble", 0.2, 0.6, members=4)
                     }.items():
         (results / f"{name}.json").write_text(json.dumps(r))
     report.main(["--results", str(results), "--speed", str(speed)])
     table = (results / "cost.md").read_text()
     assert "| MAP | 40 | 1 | 1.00 | 26.00 |" in table and "Not finished yet: map-s1" in table
-    assert json.loads((results / "cost.json").read_text())["MAP"]["cost"] == 1.0
+    costs = json.loads((results / "cost.json").read_text())
+    assert costs["MAP"]["cost"] == 1.0 and costs["rank-1 hypernet, N(0,1)"]["cost"] == 0.9
     assert (results / "cost.png").read_bytes()[:4] == b"\x89PNG"
 
 
