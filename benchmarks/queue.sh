@@ -90,12 +90,13 @@ all_jobs() {
     local screens=($(pending_screen fresh | grep -- '-bn-groups' || true)
                    $(pending_screen fresh | grep -v -- '-bn-groups' || true))
     echo "$c10 bayes-hypernet-s0"
-    # the screening's new candidates on the full protocol (seed 0 first), then the screens
-    for name in $("$PY" "$c10" --list | grep '^hypernet-rank1-' \
-        | sed -E 's/^(.*-s)([0-9]+)$/\2 \1\2/' | sort -s -n -k 1,1 | cut -d ' ' -f 2 || true); do
-        echo "$c10 $name"
-    done
+    # the screening's new candidates on the full protocol: seed 0, the screens, the other seeds
+    local candidates=($("$PY" "$c10" --list | grep '^hypernet-rank1-' || true))
+    for name in "${candidates[@]}"; do [[ $name == *-s0 ]] && echo "$c10 $name"; done
     for name in "${screens[@]}"; do echo "benchmarks/c10_10k_screen.py $name"; done
+    for seed in 1 2; do
+        for name in "${candidates[@]}"; do [[ $name == *-s$seed ]] && echo "$c10 $name"; done
+    done
     echo "$c10 swag-s0"
     echo "$c10 laplace-s0"
     for name in map-s0 map-s1 map-s2 map-s3; do echo "$unc $name --train-only"; done
