@@ -74,7 +74,7 @@ X16_RUNS = ("hypernet-normal-s0", "hypernet-uniform01-s0")  # averaged over 16 i
 MAX_DRAWS = 16
 METRICS = ("error", "nll", "ece", "brier")
 METHOD_LABELS = {"map": "MAP", "mle": "MLE", "bbb": "BBB", "bayes-hypernet": "Bayesian hypernet",
-                 "mc-dropout": "MC dropout"}
+                 "mc-dropout": "MC dropout", "swag": "SWAG", "laplace": "last-layer Laplace"}
 STRATEGY_CURVES = {  # result stem -> legend (Fig. 6: the strategies with their forms)
     "hypernet-normal-s0": "all-in-one, branching",
     "hypernet-blockwise-normal-s0": "block-wise, branching",

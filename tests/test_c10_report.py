@@ -117,3 +117,16 @@ def test_table_row_escapes_the_half_normal_priors_bars():
     assert "\\|N(0,1)\\|" in row
     cells = row.replace("\\|", "").strip("|").split("|")  # the unescaped bars split the cells
     assert len(cells) == 2 + len(report.DIGITS) + 1  # name, method, metrics, s/epoch
+
+
+def test_every_method_of_the_table_has_a_readable_label():
+    """The table names each run's method from its config, old configs (no generator) too."""
+    labels = {method: report.method_label({"config": {"method": method}})
+              for method in ("map", "swag", "laplace", "bayes-hypernet")}
+    assert labels == {"map": "MAP", "swag": "SWAG", "laplace": "last-layer Laplace",
+                      "bayes-hypernet": "Bayesian hypernet"}
+    rank1 = {"config": {**HYPERNET, "prior": "onehot", "z_draws": 4, "generator": "rank1"}}
+    assert report.method_label(rank1) == "hypernet all-in-one onehot, 4 z per step, rank1 " \
+                                         "generator"
+    old = {k: v for k, v in HYPERNET.items() if k != "generator"}
+    assert report.method_label({"config": old}) == "hypernet all-in-one N(0,1)"
