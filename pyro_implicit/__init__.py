@@ -13,7 +13,7 @@ from .dropout import MCDropoutGuide, MCDropoutNetwork
 from .elbo import WeightSpaceELBO
 from .ensemble import EnsembleGuide
 from .guide import ImplicitGuide, PointGuide, PosteriorGuide
-from .hypernet import HyperNetworks
+from .hypernet import GENERATORS, HyperNetworks, Rank1HyperNetworks
 from .laplace import LastLayerLaplace
 from .metrics import classification_metrics
 from .model import BayesianNetwork, WeightSite
@@ -35,6 +35,7 @@ from .swag import SWAGGuide
 __version__ = "0.1.0"
 
 __all__ = [
+    "GENERATORS",
     "PRIORS",
     "STRATEGIES",
     "BayesianNetwork",
@@ -49,6 +50,7 @@ __all__ = [
     "MeanFieldNormal",
     "PointGuide",
     "PosteriorGuide",
+    "Rank1HyperNetworks",
     "SWAGGuide",
     "ScaleFlow",
     "WeightNormNetwork",
