@@ -80,6 +80,10 @@ RUNS: dict[str, tuple[dict, dict[str, dict]]] = {
     **{f"hypernet-rank1-onehot4-s{m}": ({**HYPERNET, "prior": "onehot", "z_dim": 4,
                                          "z_draws": 4, "generator": "rank1", "seed": m},
                                         {"": {}}) for m in range(3)},
+    # and with U(0,1), the screening's best of all (x1 32.78%, NLL 0.915)
+    **{f"hypernet-rank1-uniform01-s{m}": ({**HYPERNET, "prior": "uniform01", "z_draws": 4,
+                                           "generator": "rank1", "seed": m}, {"": {}})
+       for m in range(3)},
     # and with the symmetric N(0,1): twice the averaging gain at 1.7 points of one draw's error
     **{f"hypernet-rank1-normal-s{m}": ({**HYPERNET, "z_draws": 4, "generator": "rank1",
                                         "seed": m}, {"": {}}) for m in range(3)},

@@ -91,7 +91,8 @@ all_jobs() {
                    $(pending_screen fresh | grep -v -- '-bn-groups' || true))
     echo "$c10 bayes-hypernet-s0"
     # the screening's new candidates on the full protocol: seed 0, the screens, the other seeds
-    local candidates=($("$PY" "$c10" --list | grep '^hypernet-rank1-' || true))
+    local candidates=($("$PY" "$c10" --list | grep '^hypernet-rank1-' | grep -v -- -normal- || true)
+                      $("$PY" "$c10" --list | grep '^hypernet-rank1-normal-' || true))
     for name in "${candidates[@]}"; do [[ $name == *-s0 ]] && echo "$c10 $name"; done
     for name in "${screens[@]}"; do echo "benchmarks/c10_10k_screen.py $name"; done
     for seed in 1 2; do
