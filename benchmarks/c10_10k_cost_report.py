@@ -3,7 +3,7 @@ paper's hypernets and the best hypernet, at 40 epochs and (where run) 120 epochs
 baselines trained in one run.
 
 Training cost is counted in MAP training runs of 40 epochs: epochs / 40 x members x the step's
-cost over a MAP step, as measured in one interleaved run (``benchmarks/method_steps.py``; its
+cost over a MAP step, as measured in interleaved runs (``benchmarks/method_steps.py``; its
 ``--hypernet-options`` runs for the hypernet's options). Wall times recorded by the runs
 themselves are not used: the runs shared the cores with other work. Gap closed: MAP (the mean
 of its seeds at 40 epochs) = 0, the ensemble of 4 = 1, in x16 error and NLL. Deep-ensemble
@@ -42,6 +42,7 @@ GROUPS: list[tuple[str, list[str]]] = [
     ("paper hypernet N(0,1)", ["hypernet-normal-s0", "hypernet-normal-s1", "hypernet-normal-s2"]),
     ("paper hypernet N(0,1)" + LONGER, ["hypernet-normal-e120-s0"]),
     ("best hypernet", ["hypernet-best-s0", "hypernet-best-s1", "hypernet-best-s2"]),
+    ("rank-1 hypernet, U(0,1)", [f"hypernet-rank1-uniform01-s{m}" for m in range(3)]),
     ("rank-1 hypernet, 4 anchors", [f"hypernet-rank1-onehot4-s{m}" for m in range(3)]),
     ("rank-1 hypernet, N(0,1)", [f"hypernet-rank1-normal-s{m}" for m in range(3)]),
     # the baselines trained in one run (laplace is fitted to map-s0 and left out)
@@ -52,7 +53,8 @@ GROUPS: list[tuple[str, list[str]]] = [
 ]
 MAP, ENSEMBLE = "MAP", "ensemble of 4 MAP"
 # the hypernet options' step ratios: the screening's options, then the rank-1 generator's
-# (timed later, in a run of their own: method_steps.py --hypernet-options --only ...)
+# (timed later, in a run of their own: method_steps.py --hypernet-options --only ...); a name
+# timed in both keeps the first file's ratio
 OPTION_STEPS = ("hypernet_options_steps.json", "hypernet_rank1_steps.json")
 
 
@@ -140,8 +142,9 @@ def make_table(rows: dict[str, dict], missing: list[str]) -> str:
             _cell(r["ece"], 3), f"{gap['error']:.2f} / {gap['nll']:.2f}" if gap else "—",
             f"{r['deep_ensemble_equivalent']:.2f}" if gap else "—"]) + " |")
     lines += ["", "best N: 16 draws for the hypernets, the 4 members for the ensemble, 1 for MAP. "
-              "Cost: epochs / 40 x members x step cost over MAP's (measured in one interleaved "
-              "run, benchmarks/results/speed/). Test set, mean ± std over seeds. DEE: averaged MAP "
+              "Cost: epochs / 40 x members x step cost over MAP's (each measured in an "
+              "interleaved run, benchmarks/results/speed/; the rank-1 generator's in a run of its "
+              "own). Test set, mean ± std over seeds. DEE: averaged MAP "
               "members of equal NLL (the ensemble run's 1, 2, 4; 3 interpolated), 1 to 4."]
     if missing:
         lines.append(f"Not finished yet: {', '.join(missing)}.")
@@ -183,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = {path.stem: json.loads(path.read_text())
                for path in sorted(args.results.glob("*.json")) if path.stem in names}
     methods = json.loads((args.speed / "method_steps.json").read_text())["over_map"]
-    options = {name: ratio for file in OPTION_STEPS if (args.speed / file).is_file()
+    options = {name: ratio for file in reversed(OPTION_STEPS) if (args.speed / file).is_file()
                for name, ratio in json.loads((args.speed / file).read_text())["over_map"].items()
                if name != "map"}
     rows = summarise(results, methods, options)

@@ -82,11 +82,13 @@ def test_main_writes_table_json_and_plot(tmp_path):
     (speed / "method_steps.json").write_text(json.dumps({"over_map": METHODS}))
     (speed / "hypernet_options_steps.json").write_text(json.dumps({"over_map": OPTIONS}))
     (speed / "hypernet_rank1_steps.json").write_text(json.dumps({"over_map": {
-        "map": 1.0, "hypernet --z-draws 4 --generator rank1": 0.9}}))
+        "map": 1.0, "hypernet --z-draws 4": 1.5, "hypernet --z-draws 4 --generator rank1": 0.9}}))
     rank1 = result("hypernet-rank1-normal-s0", "hypernet", 0.24, 0.7)
     rank1["config"].update(z_draws=4, z_draw_mode="groups", generator="rank1")
     for name, r in {"map-s0": result("map-s0", "map", 0.26, 0.84),
                     "hypernet-rank1-normal-s0": rank1,
+                    "hypernet-best-s0": result("hypernet-best-s0", "hypernet", 0.24, 0.7,
+                                               z_draws=4),
                     "ensemble-s0": result("ensemble-s0", "ensemble", 0.2, 0.6, members=4)
                     }.items():
         (results / f"{name}.json").write_text(json.dumps(r))
@@ -95,6 +97,7 @@ def test_main_writes_table_json_and_plot(tmp_path):
     assert "| MAP | 40 | 1 | 1.00 | 26.00 |" in table and "Not finished yet: map-s1" in table
     costs = json.loads((results / "cost.json").read_text())
     assert costs["MAP"]["cost"] == 1.0 and costs["rank-1 hypernet, N(0,1)"]["cost"] == 0.9
+    assert costs["best hypernet"]["cost"] == 1.1  # the screening options' file comes first
     assert (results / "cost.png").read_bytes()[:4] == b"\x89PNG"
 
 
