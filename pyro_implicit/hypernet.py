@@ -23,10 +23,11 @@ from torch import nn
 from .generation import _Generate
 
 
-class HyperNetworks(nn.Module):
-    """The hypernetworks of every generated layer; ``forward(z)`` takes one z row per layer."""
+class _HiddenLayers(nn.Module):
+    """What every generator shares: the kernel shapes and one bias-free, He-uniform hidden
+    layer z_dim -> h_dim (ReLU) per generated layer, stored as one (L, h_dim, z_dim) tensor."""
 
-    def __init__(self, shapes: Sequence[Sequence[int]], z_dim: int = 16, h_dim: int = 16):
+    def __init__(self, shapes: Sequence[Sequence[int]], z_dim: int, h_dim: int):
         super().__init__()
         if z_dim < 1 or h_dim < 1:
             raise ValueError(f"z_dim and h_dim must be >= 1, got z_dim={z_dim}, h_dim={h_dim}")
@@ -34,6 +35,27 @@ class HyperNetworks(nn.Module):
         self.sizes = [s.numel() for s in self.shapes]
         self.z_dim, self.h_dim = z_dim, h_dim
         self.hidden = nn.Parameter(torch.empty(len(self.shapes), h_dim, z_dim))
+
+    def reset_hidden(self) -> None:
+        """He-uniform hidden layers."""
+        with torch.no_grad():
+            he = math.sqrt(6.0 / self.z_dim)
+            self.hidden.uniform_(-he, he)
+
+    def hidden_units(self, z: torch.Tensor) -> torch.Tensor:
+        """relu(H_i z_i) of every layer, shape (L, h_dim), for z of shape (L, z_dim)."""
+        if z.shape != (len(self.shapes), self.z_dim):
+            raise ValueError(
+                f"expected z of shape {(len(self.shapes), self.z_dim)}, got {tuple(z.shape)}"
+            )
+        return torch.relu(torch.bmm(self.hidden, z.unsqueeze(-1)).squeeze(-1))
+
+
+class HyperNetworks(_HiddenLayers):
+    """The hypernetworks of every generated layer; ``forward(z)`` takes one z row per layer."""
+
+    def __init__(self, shapes: Sequence[Sequence[int]], z_dim: int = 16, h_dim: int = 16):
+        super().__init__(shapes, z_dim, h_dim)
         self.output = nn.Parameter(torch.empty(sum(self.sizes), h_dim))
         self._spare_grad: torch.Tensor | None = None
         self._fused_sgd: weakref.ref | None = None
@@ -41,9 +63,8 @@ class HyperNetworks(nn.Module):
 
     def reset_parameters(self) -> None:
         """He-uniform hidden layers; output layers uniform with 1/10 of He's range (the paper)."""
+        self.reset_hidden()
         with torch.no_grad():
-            he = math.sqrt(6.0 / self.z_dim)
-            self.hidden.uniform_(-he, he)
             he_out = math.sqrt(6.0 / self.h_dim) / 10
             self.output.uniform_(-he_out, he_out)
 
@@ -53,11 +74,7 @@ class HyperNetworks(nn.Module):
 
     def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Map z of shape (L, z_dim) to the L kernels."""
-        if z.shape != (len(self.shapes), self.z_dim):
-            raise ValueError(
-                f"expected z of shape {(len(self.shapes), self.z_dim)}, got {tuple(z.shape)}"
-            )
-        hidden = torch.relu(torch.bmm(self.hidden, z.unsqueeze(-1)).squeeze(-1))  # (L, h_dim)
+        hidden = self.hidden_units(z)
         kernels = _Generate.apply(self.output, hidden, self.sizes, self)
         return [w.view(shape) for w, shape in zip(kernels, self.shapes, strict=True)]
 
@@ -125,7 +142,7 @@ class HyperNetworks(nn.Module):
         return f"layers={len(self.shapes)}, z_dim={self.z_dim}, h_dim={self.h_dim}"
 
 
-class Rank1HyperNetworks(nn.Module):
+class Rank1HyperNetworks(_HiddenLayers):
     """Rank-1 generation: ``w_i = W_i * (1 + r_i(z)) (1 + s_i(z))^T`` over output and input
     channels, ``[r_i; s_i] = A_i u``, ``u = relu(H_i z) / rms(relu(H_i z))``.
 
@@ -137,36 +154,26 @@ class Rank1HyperNetworks(nn.Module):
 
     def __init__(self, shapes: Sequence[Sequence[int]], z_dim: int = 16, h_dim: int = 16,
                  factor_std: float = 0.5):
-        super().__init__()
-        if z_dim < 1 or h_dim < 1:
-            raise ValueError(f"z_dim and h_dim must be >= 1, got z_dim={z_dim}, h_dim={h_dim}")
-        self.shapes = [torch.Size(s) for s in shapes]
+        super().__init__(shapes, z_dim, h_dim)
         if any(len(s) < 2 for s in self.shapes):
             raise ValueError(f"rank-1 generation needs kernels of >= 2 dims, got {self.shapes}")
-        self.sizes = [s.numel() for s in self.shapes]
         self.channels = [s[0] + s[1] for s in self.shapes]  # r_i then s_i
-        self.z_dim, self.h_dim, self.factor_std = z_dim, h_dim, float(factor_std)
-        self.hidden = nn.Parameter(torch.empty(len(self.shapes), h_dim, z_dim))
+        self.factor_std = float(factor_std)
         self.output = nn.Parameter(torch.empty(sum(self.channels), h_dim))
         self.kernel = nn.Parameter(torch.empty(sum(self.sizes)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """He-uniform hidden layers, factor layers N(0, factor_std^2 / h_dim), kernels He."""
+        self.reset_hidden()
         with torch.no_grad():
-            he = math.sqrt(6.0 / self.z_dim)
-            self.hidden.uniform_(-he, he)
             self.output.normal_(0.0, self.factor_std / math.sqrt(self.h_dim))
             for w, shape in zip(self.kernel.split(self.sizes), self.shapes, strict=True):
                 nn.init.kaiming_normal_(w.view(shape), mode="fan_out", nonlinearity="relu")
 
     def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Map z of shape (L, z_dim) to the L kernels."""
-        if z.shape != (len(self.shapes), self.z_dim):
-            raise ValueError(
-                f"expected z of shape {(len(self.shapes), self.z_dim)}, got {tuple(z.shape)}"
-            )
-        hidden = torch.relu(torch.bmm(self.hidden, z.unsqueeze(-1)).squeeze(-1))  # (L, h_dim)
+        hidden = self.hidden_units(z)
         hidden = hidden * hidden.square().mean(-1, keepdim=True).add(1e-12).rsqrt()
         kernels = []
         for i, (a, w, shape) in enumerate(zip(self.output.split(self.channels),
